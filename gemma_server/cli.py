@@ -1,0 +1,80 @@
+"""The `gemma-server` command.
+
+    gemma-server generate [--checkpoint DIR_OR_HUB_ID] [--dtype D] [--max-tokens N] [--raw] TEXT
+    gemma-server info [--checkpoint DIR_OR_HUB_ID]
+
+Without `--checkpoint` both use the embedded demo model. `generate` wraps TEXT in the chat
+template (one user turn) unless `--raw`, and streams greedy tokens to stdout as they are made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gemma_server.errors import ConfigurationError
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint directory or Hugging Face Hub id (default: demo model)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="parameter and activation dtype (float16 is refused: it overflows)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gemma-server", description="Serve Gemma models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    generate = commands.add_parser("generate", help="generate a completion greedily")
+    _add_model_args(generate)
+    generate.add_argument("--max-tokens", type=int, default=64)
+    generate.add_argument("--raw", action="store_true", help="send TEXT without the chat template")
+    generate.add_argument("text")
+    info = commands.add_parser("info", help="print the model's configuration")
+    _add_model_args(info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        return _info(args)
+    except ConfigurationError as exc:
+        print(f"gemma-server: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from gemma_server.engine.greedy import greedy_tokens
+    from gemma_server.loading import load_model
+    from gemma_server.tokenizer import ChatMessage, IncrementalDetokenizer, render_chat
+
+    model = load_model(args.checkpoint, args.dtype)
+    text = args.text if args.raw else render_chat([ChatMessage("user", args.text)])
+    prompt = model.tokenizer.encode(text)
+    detokenizer = IncrementalDetokenizer(model.tokenizer)
+    for token in greedy_tokens(model.checkpoint.params, model.checkpoint.config, prompt,
+                               args.max_tokens, model.stop_ids):
+        sys.stdout.write(detokenizer.add(token))
+        sys.stdout.flush()
+    sys.stdout.write(detokenizer.flush() + "\n")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from gemma_server.loading import load_model
+
+    model = load_model(args.checkpoint, args.dtype, progress=False)
+    cfg = model.checkpoint.config
+    print(f"name: {model.name}\npath: {model.checkpoint.path}\ndtype: {model.checkpoint.dtype}")
+    print(f"parameters: {cfg.num_params():,}\nstop ids: {sorted(model.stop_ids)}")
+    for field, value in vars(cfg).items():
+        print(f"{field}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""The KV cache: an explicit pytree passed into `forward` and returned from it.
+
+One key and one value array per layer, `[B, S, K, Hd]`: B sequences (engine slots), S cache
+entries, K kv heads. Global layers keep S = max_len entries indexed by absolute position;
+sliding layers keep a ring buffer of S = sliding_window entries indexed by position mod S.
+
+The cache stores no positions. Every row is filled contiguously from position 0, so a row whose
+next token is at position `start` holds, in entry j, the latest position p < start with
+p ≡ j (mod S) — and nothing at all if that p is negative. `entry_positions` computes this, and
+attention masks by those absolute positions, never by entry index. Entries left over from a
+previous occupant of a row are therefore invisible without being cleared: a new sequence
+overwrites them before its `start` passes them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from gemma_server.model.config import GemmaConfig
+
+
+@struct.dataclass
+class KVCache:
+    keys: tuple[jax.Array, ...]  # per layer [B, S_layer, K, Hd]
+    values: tuple[jax.Array, ...]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.keys[0].shape[0])
+
+
+def init_cache(cfg: GemmaConfig, batch: int, max_len: int, dtype: jnp.dtype) -> KVCache:
+    """A zeroed cache for `batch` sequences of up to `max_len` tokens each."""
+    shapes = [
+        (batch, cfg.cache_length(i, max_len), cfg.num_kv_heads, cfg.head_dim)
+        for i in range(cfg.num_layers)
+    ]
+    return KVCache(
+        keys=tuple(jnp.zeros(s, dtype) for s in shapes),
+        values=tuple(jnp.zeros(s, dtype) for s in shapes),
+    )
+
+
+def cache_bytes(cfg: GemmaConfig, batch: int, max_len: int, dtype: jnp.dtype) -> int:
+    entries = sum(cfg.cache_length(i, max_len) for i in range(cfg.num_layers))
+    return 2 * batch * entries * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(dtype).itemsize
+
+
+def row_starts(positions: jax.Array) -> jax.Array:
+    """[B, T] -> [B]: the first valid (>= 0) position of each row; 0 for an all-padding row."""
+    big = jnp.iinfo(jnp.int32).max
+    first = jnp.min(jnp.where(positions >= 0, positions, big), axis=1)
+    return jnp.where(first == big, 0, first)
+
+
+def entry_positions(starts: jax.Array, size: int) -> jax.Array:
+    """[B] -> [B, S]: the absolute position held by each cache entry (negative: empty)."""
+    last = starts[:, None] - 1
+    return last - jnp.remainder(last - jnp.arange(size)[None, :], size)
+
+
+def write(cache_layer: jax.Array, new: jax.Array, positions: jax.Array) -> jax.Array:
+    """Write new keys or values [B, T, K, Hd] at their positions into [B, S, K, Hd].
+
+    Padding (position < 0) is dropped; so are chunk tokens a ring buffer is too small to keep,
+    which also keeps every write index unique.
+    """
+    size = cache_layer.shape[1]
+    row_max = jnp.max(positions, axis=1, keepdims=True)
+    keep = (positions >= 0) & (positions > row_max - size)
+    index = jnp.where(keep, jnp.remainder(positions, size), size)  # `size` is out of bounds
+    rows = jnp.arange(positions.shape[0])[:, None]
+    return cache_layer.at[rows, index].set(new.astype(cache_layer.dtype), mode="drop")

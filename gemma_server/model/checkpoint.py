@@ -1,0 +1,179 @@
+"""Load a Hugging Face Gemma checkpoint (safetensors) into our parameter tree.
+
+Tensors are read one at a time from memory-mapped safetensors files, cast to the target dtype
+and transposed to our `[in, out]` layout before the next is read, so peak memory stays near one
+copy of the weights in the target dtype. Single files, sharded checkpoints with
+`model.safetensors.index.json`, the `model.` / `language_model.model.` / `model.language_model.`
+prefixes and tied or separate heads are accepted; every inconsistency fails with a
+`CheckpointError` naming the tensor or file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from safetensors import safe_open
+from tqdm import tqdm
+
+from gemma_server.errors import CheckpointError
+from gemma_server.model.config import GemmaConfig
+from gemma_server.model.hf_config import load_hf_config
+from gemma_server.model.params import Params, empty_tree, freeze, set_leaf, tensor_specs
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# Prefixes under which checkpoints store the text decoder; the first match is stripped.
+_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
+# Tensors of multimodal Gemma 3 checkpoints that a text server does not use.
+_SKIPPED = re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\.")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A loaded model: where it came from, its config and its parameters on device."""
+
+    path: Path
+    config: GemmaConfig
+    params: Params
+    dtype: str
+
+
+def resolve_dtype(name: str) -> jnp.dtype:
+    if name == "float16":
+        raise CheckpointError(
+            "float16 is not supported: Gemma's activations overflow in float16; "
+            "use bfloat16 or float32"
+        )
+    try:
+        return jnp.dtype(DTYPES[name])
+    except KeyError:
+        raise CheckpointError(f"unknown dtype {name!r}; use float32 or bfloat16") from None
+
+
+def resolve_checkpoint_dir(location: str | Path) -> Path:
+    """A local directory as is; a Hub id (`org/name`) is downloaded with huggingface_hub."""
+    path = Path(location).expanduser()
+    if path.is_dir():
+        return path
+    if not _HUB_ID.match(str(location)):
+        raise CheckpointError(f"{location}: no such checkpoint directory")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(
+            repo_id=str(location),
+            allow_patterns=["*.json", "*.safetensors", "tokenizer.model"],
+        ))
+    except Exception as exc:  # network, auth, unknown repo: all reported the same way
+        raise CheckpointError(f"{location}: not a local directory and download failed: {exc}") \
+            from None
+
+
+def load_checkpoint(location: str | Path, dtype: str = "float32", progress: bool = True) -> \
+        Checkpoint:
+    target = resolve_dtype(dtype)
+    path = resolve_checkpoint_dir(location)
+    cfg = load_hf_config(path)
+    params = load_params(path, cfg, target, progress=progress)
+    return Checkpoint(path=path, config=cfg, params=params, dtype=dtype)
+
+
+def load_params(path: Path, cfg: GemmaConfig, dtype: jnp.dtype, progress: bool = True) -> Params:
+    index = _tensor_index(path)
+    specs = tensor_specs(cfg)
+    wanted = {spec.hf_name for spec in specs}
+    _check_names(index, wanted, cfg, path)
+    tree = empty_tree(cfg)
+    for spec in tqdm(specs, desc="loading weights", unit="tensor", disable=not progress):
+        file, key = index[spec.hf_name]
+        with safe_open(file, framework="flax") as f:
+            tensor = f.get_tensor(key)
+        source_shape = spec.shape[::-1] if spec.transpose else spec.shape
+        if tuple(tensor.shape) != source_shape:
+            raise CheckpointError(
+                f"{file.name}: tensor {key} has shape {list(tensor.shape)}, "
+                f"expected {list(source_shape)} for this config"
+            )
+        set_leaf(tree, spec.path, _convert(tensor, dtype, spec.transpose))
+        del tensor
+    return freeze(tree)
+
+
+def _convert(tensor: jax.Array, dtype: jnp.dtype, transpose: bool) -> jax.Array:
+    out = tensor.astype(dtype)
+    if transpose:
+        out = out.T.copy()  # materialise: keep no reference to the source-layout buffer
+    return jax.block_until_ready(out)
+
+
+def _tensor_index(path: Path) -> dict[str, tuple[Path, str]]:
+    """HF name without prefix -> (file, key in that file), from the index or the files."""
+    index_file = path / "model.safetensors.index.json"
+    if index_file.exists():
+        try:
+            weight_map = json.loads(index_file.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise CheckpointError(f"{index_file}: not a safetensors index ({exc})") from None
+        files = {name: path / shard for name, shard in weight_map.items()}
+        for shard in set(files.values()):
+            if not shard.exists():
+                raise CheckpointError(f"{index_file}: shard {shard.name} is missing")
+        entries: Iterator[tuple[str, Path]] = iter(files.items())
+    else:
+        shards = sorted(path.glob("*.safetensors"))
+        if not shards:
+            raise CheckpointError(f"{path}: no *.safetensors files")
+        entries = ((key, shard) for shard in shards for key in _keys(shard))
+    index: dict[str, tuple[Path, str]] = {}
+    for key, file in entries:
+        if _SKIPPED.match(key):
+            continue
+        name = _strip_prefix(key)
+        if name in index:
+            raise CheckpointError(f"{file.name}: tensor {key} appears twice in the checkpoint")
+        index[name] = (file, key)
+    return index
+
+
+def _keys(file: Path) -> list[str]:
+    try:
+        with safe_open(file, framework="flax") as f:
+            return list(f.keys())
+    except Exception as exc:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from None
+
+
+def _strip_prefix(key: str) -> str:
+    if key == "lm_head.weight" or key.startswith("language_model.lm_head."):
+        return "lm_head.weight"
+    for prefix in _PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def _check_names(
+    index: dict[str, tuple[Path, str]], wanted: set[str], cfg: GemmaConfig, path: Path
+) -> None:
+    missing = sorted(wanted - index.keys())
+    if missing:
+        raise CheckpointError(
+            f"{path}: missing tensor {missing[0]}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+    extra = sorted(index.keys() - wanted)
+    if cfg.tie_word_embeddings and "lm_head.weight" in extra:
+        extra.remove("lm_head.weight")  # tied: the head is the embedding, as transformers does
+    if extra:
+        file, key = index[extra[0]]
+        raise CheckpointError(
+            f"{file.name}: unexpected tensor {key} for this config"
+            + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+        )

@@ -1,0 +1,60 @@
+"""The numeric building blocks of the Gemma decoder, each matching the references exactly.
+
+See `../shared/spec/gemma.md` §2–4 for why each detail is as it is; the docstrings name the
+trap each function avoids.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+F32 = jnp.float32
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm with the Gemma `(1 + w)` scale, computed in float32 and cast back at the end.
+
+    The stored weight is an offset from 1; multiplying by `w` alone is the classic port bug.
+    """
+    xf = x.astype(F32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return (y * (1.0 + weight.astype(F32))).astype(x.dtype)
+
+
+def dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`x @ w` accumulated in float32 (fast and accurate for bfloat16), in x's dtype."""
+    return jnp.matmul(x, w, preferred_element_type=F32).astype(x.dtype)
+
+
+def gelu_tanh(x: jax.Array) -> jax.Array:
+    """The tanh approximation of GELU, which every Gemma reference uses, whatever its config says."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+def mlp(x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
+    """GeGLU: down(gelu_tanh(gate(x)) * up(x))."""
+    return dense(gelu_tanh(dense(x, gate)) * dense(x, up), down)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float, scale: float) -> jax.Array:
+    """Rotate-half RoPE: dimension i turns with i + Hd/2 (never interleaved pairs).
+
+    x: [B, T, heads, Hd]; positions: [B, T]. Linear scaling divides the angle by `scale`.
+    The angles are computed in float32 as the references do; the result takes x's dtype.
+    """
+    half = x.shape[-1] // 2
+    exponents = jnp.arange(0, half, dtype=F32) * 2.0 / x.shape[-1]
+    inv_freq = 1.0 / (theta**exponents) / scale  # [Hd/2]
+    angles = positions.astype(F32)[..., None] * inv_freq  # [B, T, Hd/2]
+    cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype)
+    sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def soft_cap(x: jax.Array, cap: float | None) -> jax.Array:
+    """cap * tanh(x / cap): Gemma 2 bounds attention scores (50) and final logits (30)."""
+    if cap is None:
+        return x
+    return cap * jnp.tanh(x / cap)
