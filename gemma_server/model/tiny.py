@@ -50,7 +50,7 @@ TINY_GEMMA2 = SyntheticSpec(
     name="tiny-gemma2",
     tokenizer=GEMMA2_LAYOUT_TOKENIZER,
     eos_token_id=(1, 107),
-    seed=2,
+    seed=4,
     hf_config={
         "architectures": ["Gemma2ForCausalLM"],
         "model_type": "gemma2",
@@ -120,7 +120,7 @@ TINY_GEMMA3 = SyntheticSpec(
     name="tiny-gemma3",
     tokenizer=GEMMA3_LAYOUT_TOKENIZER,
     eos_token_id=(1, 106),
-    seed=3,
+    seed=4,
     embed_std=0.25,
     hf_config=_gemma3_text_config(
         vocab=TOKENIZER_VOCAB + 64, hidden=64, layers=_GEMMA3_LAYERS, heads=4, kv=2,

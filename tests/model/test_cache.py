@@ -1,0 +1,109 @@
+"""Prefill + decode through the KV cache must give the logits of one full forward pass."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gemma_server.engine.executor import forward_step, full_forward
+from gemma_server.model.cache import entry_positions, init_cache
+from tests.conftest import ARCHS, golden
+
+TOLERANCE = 1e-4
+
+
+def _prompt(name: str) -> list[int]:
+    return golden(name)["ids_0"].tolist()[:40]  # 5x the sliding window
+
+
+def _full_logits(model, ids: list[int]) -> np.ndarray:
+    tokens = jnp.asarray(ids)[None]
+    return np.asarray(full_forward(model.params, tokens, jnp.arange(len(ids))[None],
+                                   model.config))[0]
+
+
+def _run_chunks(model, ids: list[int], chunk_sizes: list[int], max_len: int = 64) -> np.ndarray:
+    cache = init_cache(model.config, 1, max_len, jnp.float32)
+    out, start = [], 0
+    for size in chunk_sizes:
+        tokens = jnp.asarray(ids[start:start + size])[None]
+        positions = jnp.arange(start, start + size)[None]
+        logits, cache = forward_step(model.params, tokens, positions, cache, model.config)
+        out.append(np.asarray(logits)[0])
+        start += size
+    assert start == len(ids)
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_prefill_then_token_by_token_decode_equals_full_forward(name, tiny_model):
+    model, ids = tiny_model(name), _prompt(name)
+    cached = _run_chunks(model, ids, [12] + [1] * (len(ids) - 12))
+    np.testing.assert_allclose(cached, _full_logits(model, ids), atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_chunked_prefill_longer_than_the_window_equals_full_forward(name, tiny_model):
+    """Chunks of 11 > window 8 overwrite the ring buffer within one step."""
+    model, ids = tiny_model(name), _prompt(name)
+    cached = _run_chunks(model, ids, [11, 11, 11, 7])
+    np.testing.assert_allclose(cached, _full_logits(model, ids), atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_rows_of_a_batch_are_independent_of_padding_and_neighbours(name, tiny_model):
+    model = tiny_model(name)
+    long_ids, short_ids = _prompt(name), _prompt(name)[5:22]
+    pad = len(long_ids) - len(short_ids)
+    tokens = jnp.asarray([long_ids, short_ids + [0] * pad])
+    positions = jnp.asarray([list(range(len(long_ids))),
+                             list(range(len(short_ids))) + [-1] * pad])
+    cache = init_cache(model.config, 2, 64, jnp.float32)
+    logits, cache = forward_step(model.params, tokens, positions, cache, model.config)
+    np.testing.assert_allclose(np.asarray(logits)[0], _full_logits(model, long_ids),
+                               atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(np.asarray(logits)[1, :len(short_ids)],
+                               _full_logits(model, short_ids), atol=TOLERANCE, rtol=0)
+    # One decode step for both rows at their own positions.
+    nxt = jnp.asarray([[7], [9]])
+    step, _ = forward_step(model.params, nxt, jnp.asarray([[len(long_ids)], [len(short_ids)]]),
+                           cache, model.config)
+    np.testing.assert_allclose(np.asarray(step)[1, 0], _full_logits(model, short_ids + [9])[-1],
+                               atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(np.asarray(step)[0, 0], _full_logits(model, long_ids + [7])[-1],
+                               atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_a_reused_row_never_sees_its_previous_occupant(name, tiny_model):
+    model = tiny_model(name)
+    first, second = _prompt(name), _prompt(name)[3:13]
+    cache = init_cache(model.config, 1, 64, jnp.float32)
+    _, cache = forward_step(model.params, jnp.asarray(first)[None],
+                            jnp.arange(len(first))[None], cache, model.config)
+    got = _run_chunks_on(model, cache, second)
+    np.testing.assert_allclose(got, _full_logits(model, second), atol=TOLERANCE, rtol=0)
+
+
+def _run_chunks_on(model, cache, ids: list[int]) -> np.ndarray:
+    logits, cache = forward_step(model.params, jnp.asarray(ids[:4])[None],
+                                 jnp.arange(4)[None], cache, model.config)
+    out = [np.asarray(logits)[0]]
+    for p in range(4, len(ids)):
+        logits, cache = forward_step(model.params, jnp.asarray([[ids[p]]]),
+                                     jnp.asarray([[p]]), cache, model.config)
+        out.append(np.asarray(logits)[0])
+    return np.concatenate(out)
+
+
+def test_ring_buffer_entry_positions():
+    # Ring of 4: after 6 tokens (next position 6), entries hold positions 4, 5, 2, 3.
+    held = entry_positions(jnp.asarray([6, 2, 0]), 4)
+    assert held.tolist() == [[4, 5, 2, 3], [0, 1, -2, -1], [-4, -3, -2, -1]]
+
+
+def test_forward_is_pure(tiny_model):
+    model = tiny_model("tiny-gemma3")
+    ids = _prompt("tiny-gemma3")
+    np.testing.assert_array_equal(_full_logits(model, ids), _full_logits(model, ids))
