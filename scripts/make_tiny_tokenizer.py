@@ -39,10 +39,7 @@ _EXTRA = [
 
 def reserved_pieces(gemma3: bool) -> list[str]:
     """Pieces 4.. of the Gemma layouts, ending with the two turn markers."""
-    if gemma3:
-        head = ["<mask>", "[multimodal]"]
-    else:
-        head = ["<mask>", "<2mass>", "[@BOS@]"]
+    head = ["<mask>", "[multimodal]"] if gemma3 else ["<mask>", "<2mass>", "[@BOS@]"]
     unused = [f"<unused{i}>" for i in range(99)]
     return head + unused + ["<start_of_turn>", "<end_of_turn>"]
 

@@ -10,6 +10,8 @@ prefixes and tied or separate heads are accepted; every inconsistency fails with
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import re
@@ -103,14 +105,36 @@ def load_params(path: Path, cfg: GemmaConfig, dtype: jnp.dtype, progress: bool =
             )
         set_leaf(tree, spec.path, _convert(tensor, dtype, spec.transpose))
         del tensor
+        _release_freed_memory()
     return freeze(tree)
 
 
 def _convert(tensor: jax.Array, dtype: jnp.dtype, transpose: bool) -> jax.Array:
     out = tensor.astype(dtype)
     if transpose:
-        out = out.T.copy()  # materialise: keep no reference to the source-layout buffer
+        out = out.T  # eager: a new buffer in our layout; the source one is freed
     return jax.block_until_ready(out)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name and hasattr(ctypes.CDLL(name), "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def _release_freed_memory() -> None:
+    """Give freed source buffers back to the OS (glibc keeps them otherwise).
+
+    Without this, loading a 1 GB bfloat16 checkpoint peaks at ~1.4x the weights; with it,
+    ~1.05x (scripts/measure_load_memory.py).
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def _tensor_index(path: Path) -> dict[str, tuple[Path, str]]:

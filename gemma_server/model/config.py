@@ -62,7 +62,7 @@ class GemmaConfig:
 
     @property
     def embed_normalizer(self) -> float:
-        """sqrt(hidden): the forward pass rounds it to the compute dtype, as every reference does."""
+        """sqrt(hidden); the forward pass rounds it to the compute dtype, as the references do."""
         return math.sqrt(self.hidden_size)
 
     @property
@@ -93,6 +93,11 @@ class GemmaConfig:
         return self.vocab_size * d + self.num_layers * per_layer + d + head
 
 
+def all_global(num_layers: int) -> tuple[LayerType, ...]:
+    """Gemma 1: every layer attends to the whole sequence."""
+    return tuple("global" for _ in range(num_layers))
+
+
 def gemma2_layer_types(num_layers: int) -> tuple[LayerType, ...]:
     """Gemma 2 alternates local and global, starting with a local layer 0."""
     return tuple("sliding" if (i + 1) % 2 else "global" for i in range(num_layers))
@@ -106,7 +111,7 @@ def gemma3_layer_types(num_layers: int, pattern: int = 6) -> tuple[LayerType, ..
 def _gemma1(vocab: int, d: int, layers: int, heads: int, kv: int, f: int) -> GemmaConfig:
     return GemmaConfig(
         family="gemma", vocab_size=vocab, hidden_size=d, num_layers=layers, num_heads=heads,
-        num_kv_heads=kv, head_dim=256, intermediate_size=f, layer_types=("global",) * layers,
+        num_kv_heads=kv, head_dim=256, intermediate_size=f, layer_types=all_global(layers),
     )
 
 

@@ -19,6 +19,7 @@ from gemma_server.model.config import (
     Family,
     GemmaConfig,
     LayerType,
+    all_global,
     gemma2_layer_types,
     gemma3_layer_types,
 )
@@ -148,7 +149,7 @@ def _layer_types(
             )
         return types
     if family == "gemma":
-        return ("global",) * layers
+        return all_global(layers)
     if family == "gemma2":
         return gemma2_layer_types(layers)
     return gemma3_layer_types(layers, int(cfg.get("sliding_window_pattern") or 6))
@@ -158,8 +159,8 @@ def _rope(cfg: dict[str, Any], family: Family, source: str) -> tuple[float, floa
     """(global theta, local theta, global linear factor) from either config format."""
     params = cfg.get("rope_parameters")
     if isinstance(params, dict) and "full_attention" in params:  # v5, per layer type
-        full = params["full_attention"]
-        local = params.get("sliding_attention", full)
+        full: dict[str, Any] = params["full_attention"]
+        local: dict[str, Any] = params.get("sliding_attention") or full
         _check_rope_type(local, source, allow_linear=False)
         return (
             float(full["rope_theta"]), float(local["rope_theta"]),

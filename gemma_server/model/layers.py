@@ -28,7 +28,7 @@ def dense(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def gelu_tanh(x: jax.Array) -> jax.Array:
-    """The tanh approximation of GELU, which every Gemma reference uses, whatever its config says."""
+    """The tanh approximation of GELU: every Gemma reference uses it, whatever the config says."""
     return jax.nn.gelu(x, approximate=True)
 
 
