@@ -66,22 +66,17 @@ class GemmaTokenizer:
         return token_id
 
     def _special_pieces(self) -> dict[str, int]:
-        """Control and user-defined pieces: the strings HF treats as added tokens."""
-        special = {}
+        """Pieces SentencePiece will not match in text but HF does: control symbols and <unk>.
+
+        User-defined pieces (`<start_of_turn>`, `<unusedN>`, ...) need no help: SentencePiece
+        already matches them atomically. The turn markers are listed anyway so that a model
+        file which declares them as control symbols still behaves.
+        """
+        special = {START_OF_TURN: self.start_of_turn_id, END_OF_TURN: self.end_of_turn_id}
         for i in range(self.vocab_size):
-            if self._sp.is_control(i) or self._sp.is_unknown(i) or self._is_user_defined(i):
+            if self._sp.is_control(i) or self._sp.is_unknown(i):
                 special[self._sp.id_to_piece(i)] = i
         return special
-
-    def _is_user_defined(self, token_id: int) -> bool:
-        # sentencepiece exposes no is_user_defined; user-defined pieces are exactly the ones
-        # that encode back to themselves as one id, apart from bytes and ordinary merges.
-        piece = self._sp.id_to_piece(token_id)
-        return (
-            piece.startswith("<") and piece.endswith(">") and len(piece) > 2
-            and not _BYTE_PIECE.match(piece)
-            and self._sp.encode(piece) == [token_id]
-        )
 
     def piece(self, token_id: int) -> str:
         return str(self._sp.id_to_piece(token_id))
