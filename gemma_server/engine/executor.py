@@ -1,17 +1,28 @@
 """Every compiled (jitted) function of gemma_server lives here.
 
 The config is a static argument (it is frozen and hashable, so equal configs share compiled
-code); the KV cache is donated, so a step updates it in place instead of copying it. Shapes
-are the only other thing that triggers a compilation: callers pad to fixed buckets.
+code); caches and slot state are donated, so a step updates them in place instead of copying.
+The serving `Executor` compiles every shape it will ever run ahead of time (`warm_up`): insert,
+decode, fork and one prefill per (rows, bucket) pair. Its steps call those compiled objects
+directly, so a shape that was not compiled is an error, never a silent recompilation.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-from gemma_server.model.cache import KVCache
+from gemma_server.config import EngineConfig
+from gemma_server.datatypes import MAX_LOGIT_BIAS, SamplingParams
+from gemma_server.engine import steps
+from gemma_server.engine.sampling import Sampled, SamplingRows
+from gemma_server.model.cache import KVCache, init_cache
 from gemma_server.model.config import GemmaConfig
 from gemma_server.model.forward import forward
 from gemma_server.model.params import Params
@@ -34,3 +45,122 @@ def full_forward(
     """Logits of whole sequences without a cache (scoring, parity checks)."""
     logits, _ = forward(params, tokens, positions, None, cfg)
     return logits
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
+def _spec(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+class Executor:
+    """Owns the device state of the engine (params, slot KV cache, slot sampling state) and the
+    compiled steps that transform it. Host code passes numpy arrays in and gets numpy out."""
+
+    def __init__(self, params: Params, cfg: GemmaConfig, config: EngineConfig,
+                 vocab_limit: int | None = None):
+        self.params, self.cfg, self.config = params, cfg, config
+        self.slots = config.max_batch_size
+        self.vocab_limit = min(vocab_limit or cfg.vocab_size, cfg.vocab_size)
+        dtype = params["embed"].dtype
+        self.cache = init_cache(cfg, self.slots, config.max_total_tokens, dtype)
+        self.state = steps.init_state(self.slots, cfg.vocab_size)
+        self._prefill: dict[tuple[int, int], Any] = {}
+        self._decode: Any = None
+        self._fork: Any = None
+        self._insert: Any = None
+        self.compile_seconds = 0.0
+
+    # --- compilation -------------------------------------------------------------------------
+
+    def warm_up(self, progress: Callable[[str], None] | None = None) -> float:
+        """Compile every shape the engine uses; returns the seconds it took."""
+        start = time.perf_counter()
+        if self.config.compilation_cache_dir:
+            jax.config.update("jax_compilation_cache_dir", self.config.compilation_cache_dir)
+        p, c, s = _abstract(self.params), _abstract(self.cache), _abstract(self.state)
+        i32, b, m = jnp.int32, self.slots, self.slots
+        kw = dict(cfg=self.cfg, vocab_limit=self.vocab_limit)
+        self._insert = jax.jit(steps.insert, donate_argnames="state").lower(
+            s, _spec((), i32), _abstract(self._row_template())).compile()
+        self._decode = jax.jit(partial(steps.decode, **kw), donate_argnames=("cache", "state")) \
+            .lower(p, c, s, _spec((b,), i32), _spec((b,), i32)).compile()
+        self._fork = jax.jit(partial(steps.fork, vocab_limit=self.vocab_limit),
+                             donate_argnames=("cache", "state")).lower(
+            c, s, _spec((), i32), _spec((m,), i32), _spec((self.cfg.vocab_size,), jnp.float32)
+        ).compile()
+        prefill = jax.jit(partial(steps.prefill, **kw), donate_argnames=("cache", "state"))
+        for rows, bucket in self.config.prefill_shapes():
+            if progress:
+                progress(f"prefill {rows}x{bucket}")
+            self._prefill[(rows, bucket)] = prefill.lower(
+                p, c, s, _spec((rows,), i32), _spec((rows, bucket), i32),
+                _spec((rows, bucket), i32), _spec((rows,), i32), _spec((rows,), jnp.bool_),
+            ).compile()
+        self.compile_seconds = time.perf_counter() - start
+        return self.compile_seconds
+
+    def _row_template(self) -> SamplingRows:
+        one = steps.init_state(1, 1)
+        return one.replace(bias_ids=jnp.zeros((1, MAX_LOGIT_BIAS), jnp.int32))
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def insert(self, slot: int, sampling: SamplingParams, seed: int) -> None:
+        """Install a request's sampling parameters and 64-bit seed into a slot."""
+        bias_ids = np.full((1, MAX_LOGIT_BIAS), self.cfg.vocab_size, np.int32)
+        bias_values = np.zeros((1, MAX_LOGIT_BIAS), np.float32)
+        for j, (token, bias) in enumerate(sampling.logit_bias):
+            if token < self.cfg.vocab_size:
+                bias_ids[0, j], bias_values[0, j] = token, bias
+
+        def f32(x: float) -> jax.Array:
+            return jnp.asarray([x], jnp.float32)
+
+        row = self._row_template().replace(
+            temperature=f32(sampling.temperature),
+            top_k=jnp.asarray([sampling.top_k], jnp.int32),
+            top_p=f32(sampling.top_p),
+            repetition_penalty=f32(sampling.effective_repetition_penalty),
+            frequency_penalty=f32(sampling.frequency_penalty),
+            presence_penalty=f32(sampling.presence_penalty),
+            key_data=jnp.asarray([[seed >> 32, seed & 0xFFFFFFFF]], jnp.uint32),
+            bias_ids=jnp.asarray(bias_ids), bias_values=jnp.asarray(bias_values),
+        )
+        self.state = self._insert(self.state, jnp.int32(slot), row)
+
+    def reset(self) -> None:
+        """Fresh cache and state, after a failed step may have consumed the donated ones."""
+        dtype = self.params["embed"].dtype
+        self.cache = init_cache(self.cfg, self.slots, self.config.max_total_tokens, dtype)
+        self.state = steps.init_state(self.slots, self.cfg.vocab_size)
+
+    def prefill(self, slots: np.ndarray, tokens: np.ndarray, positions: np.ndarray,
+                last: np.ndarray, final: np.ndarray) -> tuple[dict[str, np.ndarray], jax.Array]:
+        compiled = self._prefill[tokens.shape]
+        drawn, logits, self.cache, self.state = compiled(
+            self.params, self.cache, self.state, slots, tokens, positions, last, final)
+        return _to_host(drawn), logits
+
+    def fork(self, source: int, targets: np.ndarray, logits: jax.Array) -> dict[str, np.ndarray]:
+        drawn, self.cache, self.state = self._fork(
+            self.cache, self.state, jnp.int32(source), targets, logits)
+        return _to_host(drawn)
+
+    def decode(self, tokens: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
+        drawn, self.cache, self.state = self._decode(
+            self.params, self.cache, self.state, tokens, positions)
+        return _to_host(drawn)
+
+    def prefill_shapes(self) -> list[tuple[int, int]]:
+        return sorted(self._prefill)
+
+
+def _to_host(drawn: Sampled) -> dict[str, np.ndarray]:
+    host = jax.device_get(drawn)
+    return {
+        "tokens": np.asarray(host.tokens), "logprob": np.asarray(host.logprob),
+        "top_ids": np.asarray(host.top_ids), "top_logprobs": np.asarray(host.top_logprobs),
+    }

@@ -30,8 +30,14 @@ def forward(
     positions: jax.Array,  # [B, T] int, -1 for padding
     cache: KVCache | None,
     cfg: GemmaConfig,
+    logit_indices: jax.Array | None = None,  # [B] int: only this token of each row
 ) -> tuple[jax.Array, KVCache | None]:
-    """Logits [B, T, V] in float32 for every token, and the cache with this chunk written."""
+    """Logits in float32 and the cache with this chunk written.
+
+    Logits are [B, T, V] for every token, or [B, V] for one token per row when
+    `logit_indices` is given: a prefill needs only its last position, and the output head
+    over a large vocabulary would otherwise dominate its cost.
+    """
     embed = params["embed"]
     dtype = embed.dtype
     positions = positions.astype(jnp.int32)
@@ -52,8 +58,12 @@ def forward(
         if cfg.use_post_norms:
             h = rms_norm(h, lp["post_ffw_norm"], cfg.rms_norm_eps)
         x = x + h
+    if logit_indices is not None:
+        x = jnp.take_along_axis(x, logit_indices[:, None, None].astype(jnp.int32), axis=1)
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     logits = _head(params, x)
+    if logit_indices is not None:
+        logits = logits[:, 0]
     logits = soft_cap(logits, cfg.final_logit_softcap)
     new_cache = None if cache is None else KVCache(keys=tuple(new_keys), values=tuple(new_values))
     return logits, new_cache

@@ -1,0 +1,56 @@
+"""Settings passed inward as frozen objects, built once at the edge (CLI, env, file)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """Shapes and limits of the generation engine; all fixed at start-up.
+
+    max_total_tokens: prompt + generated tokens per sequence (the KV cache length per slot).
+    max_batch_prefill_tokens: token budget of one prefill call; longer prompts are chunked.
+    prefill_buckets: prompt-chunk lengths that are compiled; a chunk is padded to the next one.
+    prefill_batch_sizes: how many prompts one prefill call may carry (each a compiled shape).
+    """
+
+    max_batch_size: int = 8
+    max_total_tokens: int = 2048
+    max_input_length: int = 1512
+    max_batch_prefill_tokens: int = 2048
+    max_waiting: int = 128
+    prefill_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
+    prefill_batch_sizes: tuple[int, ...] = (1, 4)
+    compilation_cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_input_length >= self.max_total_tokens:
+            raise ValueError(
+                f"max_input_length ({self.max_input_length}) must be < max_total_tokens "
+                f"({self.max_total_tokens})"
+            )
+        if self.max_batch_size < 1 or self.max_waiting < 0:
+            raise ValueError("max_batch_size must be >= 1 and max_waiting >= 0")
+        if self.max_batch_prefill_tokens < min(self.prefill_buckets):
+            raise ValueError(
+                f"max_batch_prefill_tokens ({self.max_batch_prefill_tokens}) must be at least "
+                f"the smallest prefill bucket ({min(self.prefill_buckets)})"
+            )
+
+    @property
+    def chunk_buckets(self) -> tuple[int, ...]:
+        """Buckets a chunk can use: those within the prefill budget (at least the smallest)."""
+        fit = tuple(b for b in sorted(self.prefill_buckets) if b <= self.max_batch_prefill_tokens)
+        return fit or (min(self.prefill_buckets),)
+
+    def prefill_shapes(self) -> list[tuple[int, int]]:
+        """Every (rows, bucket) prefill shape the engine compiles and uses."""
+        shapes = []
+        for rows in sorted(set(self.prefill_batch_sizes)):
+            if rows > self.max_batch_size:
+                continue
+            for bucket in self.chunk_buckets:
+                if rows == 1 or rows * bucket <= self.max_batch_prefill_tokens:
+                    shapes.append((rows, bucket))
+        return shapes

@@ -1,0 +1,255 @@
+"""The continuous-batching engine: `submit` requests, iterate their token events, `cancel`.
+
+A device loop in its own thread repeats: apply cancellations, admit waiting requests into free
+slots, run one prefill (chunks of one or more prompts within the token budget), run one decode
+step for every decoding slot, and send each request its events. When there is nothing to do it
+sleeps on a condition variable until `submit` or `cancel` wakes it. A failing step fails the
+requests in it; the loop goes on serving the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from gemma_server.config import EngineConfig
+from gemma_server.datatypes import FinishEvent, FinishReason, GenerationRequest, TokenEvent
+from gemma_server.engine.channel import Channel, RequestStream
+from gemma_server.engine.executor import Executor
+from gemma_server.engine.scheduler import Admitted, Choice, PrefillPlan, Scheduler
+from gemma_server.errors import EngineFailure, InvalidRequest
+from gemma_server.model.config import GemmaConfig
+from gemma_server.model.params import Params
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, params: Params, cfg: GemmaConfig, config: EngineConfig,
+                 vocab_limit: int | None = None):
+        self.config = config
+        self.executor = Executor(params, cfg, config, vocab_limit)
+        self.scheduler = Scheduler(config)
+        self._cond = threading.Condition()
+        self._cancelled: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.steps = {"prefill": 0, "decode": 0}
+        self.failure: BaseException | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, warm_up: bool = True, progress: Callable[[str], None] | None = None) -> None:
+        if warm_up:
+            self.executor.warm_up(progress)
+        self._thread = threading.Thread(target=self._run, name="gemma-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- the contract -------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> RequestStream:
+        """Queue a request; raises Overloaded / ContextTooLong / InvalidRequest at once."""
+        if not self.alive:
+            raise EngineFailure("the engine is not running")
+        if any(t >= self.executor.cfg.vocab_size for t in request.prompt_ids):
+            raise InvalidRequest("the prompt holds token ids outside the model's vocabulary")
+        channel = Channel(asyncio.get_running_loop())
+        seed = request.sampling.seed
+        if seed is None:
+            seed = secrets.randbits(64)
+        with self._cond:
+            if request.request_id in self.scheduler.by_id or any(
+                    r.request_id == request.request_id for r, _, _ in self.scheduler.waiting):
+                raise InvalidRequest(f"request id {request.request_id!r} is already in use")
+            self.scheduler.enqueue(request, channel, seed)
+            self._cond.notify()
+        return RequestStream(request.request_id, request.n, channel, self.cancel)
+
+    def cancel(self, request_id: str) -> None:
+        with self._cond:
+            self._cancelled.add(request_id)
+            self._cond.notify()
+
+    def stats(self) -> dict[str, int]:
+        with self._cond:
+            s = self.scheduler
+            return {"waiting": len(s.waiting), "prefilling": len(s.prefilling),
+                    "decoding": len(s.decoding), "free_slots": len(s.free_slots)}
+
+    # --- the device loop ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not (self._stopping or self._cancelled or self.scheduler.busy):
+                        self._cond.wait()
+                    if self._stopping:
+                        return
+                    self._apply_cancellations()
+                    admitted = list(self.scheduler.admit())
+                    plan = self.scheduler.plan_prefill()
+                for item in admitted:
+                    self._insert(item)
+                if plan is not None:
+                    self._prefill(plan)
+                if self.scheduler.decoding:
+                    self._decode()
+        except BaseException as exc:  # the loop itself broke: fail everyone, stay dead
+            log.exception("engine loop died")
+            self.failure = exc
+            with self._cond:
+                for admitted in list(self.scheduler.by_id.values()):
+                    self._fail(admitted, f"engine failure: {exc}")
+
+    def _apply_cancellations(self) -> None:
+        def finish_waiting(request: GenerationRequest, sink: object) -> None:
+            for i in range(request.n):
+                _send(sink, FinishEvent(i, "cancelled", len(request.prompt_ids), 0))
+
+        for request_id in self._cancelled:
+            admitted = self.scheduler.remove(request_id, finish_waiting)
+            if admitted is not None:
+                for i in range(admitted.request.n):
+                    generated = admitted.choices[i].generated if admitted.choices else 0
+                    _send(admitted.sink, FinishEvent(i, "cancelled", admitted.prompt_len,
+                                                     generated))
+        self._cancelled.clear()
+
+    def _insert(self, admitted: Admitted) -> None:
+        for index, slot in enumerate(admitted.slots):
+            # Choice i of a seeded request draws from seed + i: reproducible, and distinct.
+            seed = (admitted.seed + index) % 2**64
+            self.executor.insert(slot, admitted.request.sampling, seed)
+
+    def _prefill(self, plan: PrefillPlan) -> None:
+        rows, bucket, slots_count = plan.rows, plan.bucket, self.executor.slots
+        slots = np.full(rows, slots_count, np.int32)
+        tokens = np.zeros((rows, bucket), np.int32)
+        positions = np.full((rows, bucket), -1, np.int32)
+        last = np.zeros(rows, np.int32)
+        final = np.zeros(rows, np.bool_)
+        for r, chunk in enumerate(plan.chunks):
+            prompt = chunk.admitted.request.prompt_ids
+            slots[r] = chunk.admitted.slots[0]
+            tokens[r, :chunk.length] = prompt[chunk.start:chunk.start + chunk.length]
+            positions[r, :chunk.length] = np.arange(chunk.start, chunk.start + chunk.length)
+            last[r] = chunk.length - 1
+            final[r] = chunk.final
+        try:
+            drawn, logits = self.executor.prefill(slots, tokens, positions, last, final)
+        except Exception as exc:
+            self._step_failed([c.admitted for c in plan.chunks], exc)
+            return
+        self.steps["prefill"] += 1
+        for r, chunk in enumerate(plan.chunks):
+            with self._cond:
+                if chunk.admitted.request.request_id not in self.scheduler.by_id:
+                    continue  # cancelled meanwhile
+                self.scheduler.prefilled(chunk)
+                if not chunk.final:
+                    continue
+                self.scheduler.start_decoding(chunk.admitted)
+            self._first_tokens(chunk.admitted, drawn, r, logits[r])
+
+    def _first_tokens(self, admitted: Admitted, drawn: dict[str, np.ndarray], row: int,
+                      logits: object) -> None:
+        self._accept(admitted, admitted.choices[0], drawn, row)
+        if admitted.request.n == 1:
+            return
+        targets = np.full(self.executor.slots, self.executor.slots, np.int32)
+        others = admitted.choices[1:]
+        targets[:len(others)] = [c.slot for c in others]
+        try:
+            forked = self.executor.fork(admitted.slots[0], targets, logits)  # type: ignore[arg-type]
+        except Exception as exc:
+            self._step_failed([admitted], exc)
+            return
+        for j, choice in enumerate(others):
+            self._accept(admitted, choice, forked, j)
+
+    def _decode(self) -> None:
+        n = self.executor.slots
+        tokens = np.zeros(n, np.int32)
+        positions = np.full(n, -1, np.int32)
+        live = list(self.scheduler.decoding.items())
+        for slot, (_, choice) in live:
+            tokens[slot], positions[slot] = choice.last_token, choice.position
+        try:
+            drawn = self.executor.decode(tokens, positions)
+        except Exception as exc:
+            self._step_failed(list({id(a): a for _, (a, _) in live}.values()), exc)
+            return
+        self.steps["decode"] += 1
+        for slot, (admitted, choice) in live:
+            if not choice.done:
+                choice.position += 1
+                self._accept(admitted, choice, drawn, slot)
+
+    def _accept(self, admitted: Admitted, choice: Choice, drawn: dict[str, np.ndarray],
+                row: int) -> None:
+        """Hand one drawn token to its choice: an event, and maybe the choice's end."""
+        request = admitted.request
+        token = int(drawn["tokens"][row])
+        choice.generated += 1
+        choice.last_token = token
+        reason: FinishReason | None = None
+        if token in request.stop_ids and not request.sampling.ignore_eos:
+            reason = "stop"
+        else:
+            _send(admitted.sink, _token_event(request, choice.index, token, drawn, row))
+            if choice.generated >= request.max_new_tokens:
+                reason = "length"
+        if reason is not None:
+            with self._cond:
+                self.scheduler.finish_choice(admitted, choice)
+            _send(admitted.sink, FinishEvent(choice.index, reason, admitted.prompt_len,
+                                             choice.generated))
+
+    def _step_failed(self, requests: list[Admitted], exc: Exception) -> None:
+        log.exception("engine step failed", exc_info=exc)
+        self.executor.reset()  # the donated cache may be gone: every slot must start over
+        with self._cond:
+            everyone = list(self.scheduler.by_id.values())
+            for admitted in everyone:
+                message = f"engine step failed: {exc}" if admitted in requests else \
+                    "engine step failed for another request; the cache was reset"
+                self._fail(admitted, message)
+
+    def _fail(self, admitted: Admitted, message: str) -> None:
+        self.scheduler.remove(admitted.request.request_id, lambda r, s: None)
+        for i in range(admitted.request.n):
+            _send(admitted.sink, FinishEvent(i, "error", admitted.prompt_len, 0, error=message))
+
+
+def _token_event(request: GenerationRequest, choice: int, token: int,
+                 drawn: dict[str, np.ndarray], row: int) -> TokenEvent:
+    if request.logprobs is None:
+        return TokenEvent(choice, token)
+    top = tuple(
+        (int(i), float(lp)) for i, lp in
+        zip(drawn["top_ids"][row][:request.logprobs], drawn["top_logprobs"][row][:request.logprobs],
+            strict=True)
+    )
+    return TokenEvent(choice, token, float(drawn["logprob"][row]), top)
+
+
+def _send(sink: object, event: TokenEvent | FinishEvent) -> None:
+    assert isinstance(sink, Channel)
+    sink.send(event)

@@ -1,0 +1,128 @@
+"""Token selection on device, vectorised over rows (slots), every parameter a per-row array.
+
+Nothing here is a static argument: a new temperature, seed or top-k never recompiles. The
+order of processing, for each row:
+
+1. non-finite logits (NaN, ±inf) are masked, and ids past the tokenizer's vocabulary too;
+2. logit bias is added;
+3. repetition penalty (Hugging Face): logits of tokens seen in the prompt or output are divided
+   by the penalty when positive, multiplied when negative;
+4. frequency and presence penalties (OpenAI): minus `freq * count + presence * (count > 0)`
+   over generated tokens;
+5. log-probabilities reported to clients are taken here, at temperature 1, before top-k/top-p;
+6. temperature 0 takes the argmax; otherwise logits / temperature, top-k, top-p, and a draw with
+   the row's own key (Gumbel-max), derived from its seed and its token index only.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from gemma_server.datatypes import MAX_TOP_K, MAX_TOP_LOGPROBS
+
+MASKED = -1e30
+
+
+@struct.dataclass
+class SamplingRows:
+    """Per-row sampling parameters and history, R rows (a batch of slots)."""
+
+    temperature: jax.Array  # [R] f32
+    top_k: jax.Array  # [R] i32, 0 = off
+    top_p: jax.Array  # [R] f32, >= 1 = off
+    repetition_penalty: jax.Array  # [R] f32, 1 = off
+    frequency_penalty: jax.Array  # [R] f32
+    presence_penalty: jax.Array  # [R] f32
+    key_data: jax.Array  # [R, 2] u32: the seed's two 32-bit words
+    step: jax.Array  # [R] i32: tokens drawn so far (the stream index of the next draw)
+    bias_ids: jax.Array  # [R, MAX_LOGIT_BIAS] i32, V (out of range) for unused entries
+    bias_values: jax.Array  # [R, MAX_LOGIT_BIAS] f32
+    prompt_seen: jax.Array  # [R, V] bool
+    counts: jax.Array  # [R, V] i32: generated-token counts
+
+
+@struct.dataclass
+class Sampled:
+    tokens: jax.Array  # [R] i32
+    logprob: jax.Array  # [R] f32, of the chosen token
+    top_ids: jax.Array  # [R, MAX_TOP_LOGPROBS] i32
+    top_logprobs: jax.Array  # [R, MAX_TOP_LOGPROBS] f32
+
+
+def process_logits(logits: jax.Array, rows: SamplingRows, vocab_limit: int) -> jax.Array:
+    """Steps 1–4: the logits whose softmax clients see as log-probabilities."""
+    r, v = logits.shape
+    ids = jnp.arange(v)[None, :]
+    logits = jnp.where(jnp.isfinite(logits) & (ids < vocab_limit), logits, MASKED)
+    row = jnp.arange(r)[:, None]
+    logits = logits.at[row, rows.bias_ids].add(rows.bias_values, mode="drop")
+    seen = rows.prompt_seen | (rows.counts > 0)
+    penalty = rows.repetition_penalty[:, None]
+    penalised = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    logits = jnp.where(seen & (logits > MASKED), penalised, logits)
+    counts = rows.counts.astype(jnp.float32)
+    logits = logits - rows.frequency_penalty[:, None] * counts
+    logits = logits - rows.presence_penalty[:, None] * (counts > 0)
+    return jnp.maximum(logits, MASKED)
+
+
+def filter_top_k(logits: jax.Array, top_k: jax.Array) -> jax.Array:
+    """Keep the k largest logits per row (ties at the k-th value are kept); 0 = off."""
+    top = jax.lax.top_k(logits, MAX_TOP_K)[0]  # [R, MAX_TOP_K], descending
+    kth = jnp.take_along_axis(top, jnp.clip(top_k - 1, 0, MAX_TOP_K - 1)[:, None], axis=1)
+    keep = (top_k[:, None] <= 0) | (logits >= kth)
+    return jnp.where(keep, logits, MASKED)
+
+
+def filter_top_p(logits: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Keep the smallest set of most likely tokens whose probability reaches top_p; >= 1 = off.
+
+    The full sort only runs when some row asks for it (lax.cond executes one branch).
+    """
+
+    def apply(x: jax.Array) -> jax.Array:
+        sorted_desc = -jnp.sort(-x, axis=-1)
+        probs = jax.nn.softmax(sorted_desc, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+        kept = (before < top_p[:, None]) | (jnp.arange(x.shape[-1]) == 0)
+        threshold = jnp.min(jnp.where(kept, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+        keep = (top_p[:, None] >= 1.0) | (x >= threshold)
+        return jnp.where(keep, x, MASKED)
+
+    return jax.lax.cond(jnp.any(top_p < 1.0), apply, lambda x: x, logits)
+
+
+def row_keys(key_data: jax.Array, step: jax.Array) -> jax.Array:
+    """One PRNG key per row from its 64-bit seed and draw index: independent of the batch."""
+
+    def one(data: jax.Array, index: jax.Array) -> jax.Array:
+        return jax.random.fold_in(jax.random.wrap_key_data(data, impl="threefry2x32"), index)
+
+    return jax.vmap(one)(key_data, step)
+
+
+def sample(logits: jax.Array, rows: SamplingRows, vocab_limit: int) -> Sampled:
+    """Choose one token per row from float32 logits [R, V]."""
+    processed = process_logits(logits, rows, vocab_limit)
+    logprobs = jax.nn.log_softmax(processed, axis=-1)
+    greedy = jnp.argmax(processed, axis=-1)
+    temperature = jnp.maximum(rows.temperature, 1e-6)[:, None]
+    scaled = jnp.where(processed > MASKED, processed / temperature, MASKED)
+    scaled = filter_top_p(filter_top_k(scaled, rows.top_k), rows.top_p)
+    keys = row_keys(rows.key_data, rows.step)
+    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (logits.shape[-1],)))(keys)
+    drawn = jnp.argmax(jnp.where(scaled > MASKED, scaled + gumbel, -jnp.inf), axis=-1)
+    tokens = jnp.where(rows.temperature <= 0, greedy, drawn).astype(jnp.int32)
+    chosen = jnp.take_along_axis(logprobs, tokens[:, None], axis=1)[:, 0]
+    top_logprobs, top_ids = jax.lax.top_k(logprobs, MAX_TOP_LOGPROBS)
+    return Sampled(tokens, chosen, top_ids.astype(jnp.int32), top_logprobs)
+
+
+def record(rows: SamplingRows, tokens: jax.Array, active: jax.Array) -> SamplingRows:
+    """Count each active row's new token and advance its draw index."""
+    r = tokens.shape[0]
+    add = active.astype(jnp.int32)
+    counts = rows.counts.at[jnp.arange(r), tokens].add(add)
+    return rows.replace(counts=counts, step=rows.step + add)

@@ -1,0 +1,135 @@
+"""The engine's device steps as pure functions: insert, prefill, fork and decode.
+
+`executor.py` compiles them; here they are plain functions of arrays so they can be read and
+tested without the engine. All operate on the whole slot state (`SamplingRows` with one row
+per slot) and the slot KV cache. Row indices equal to the slot count are padding: reads clamp,
+writes (`mode="drop"`) are discarded.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gemma_server.datatypes import MAX_LOGIT_BIAS
+from gemma_server.engine.sampling import Sampled, SamplingRows, record, sample
+from gemma_server.model.cache import KVCache
+from gemma_server.model.config import GemmaConfig
+from gemma_server.model.forward import forward
+from gemma_server.model.params import Params
+
+
+def init_state(slots: int, vocab: int) -> SamplingRows:
+    f32, i32 = jnp.float32, jnp.int32
+    return SamplingRows(
+        temperature=jnp.zeros(slots, f32), top_k=jnp.zeros(slots, i32),
+        top_p=jnp.ones(slots, f32), repetition_penalty=jnp.ones(slots, f32),
+        frequency_penalty=jnp.zeros(slots, f32), presence_penalty=jnp.zeros(slots, f32),
+        key_data=jnp.zeros((slots, 2), jnp.uint32), step=jnp.zeros(slots, i32),
+        bias_ids=jnp.full((slots, MAX_LOGIT_BIAS), vocab, i32),
+        bias_values=jnp.zeros((slots, MAX_LOGIT_BIAS), f32),
+        prompt_seen=jnp.zeros((slots, vocab), jnp.bool_),
+        counts=jnp.zeros((slots, vocab), i32),
+    )
+
+
+def insert(state: SamplingRows, slot: jax.Array, row: SamplingRows) -> SamplingRows:
+    """Give slot `slot` a new request's parameters and an empty history.
+
+    `row` holds one row of parameters ([1]-shaped fields; its history fields are ignored).
+    """
+
+    def put(field: jax.Array, value: jax.Array) -> jax.Array:
+        return field.at[slot].set(value[0])
+
+    return state.replace(
+        temperature=put(state.temperature, row.temperature),
+        top_k=put(state.top_k, row.top_k),
+        top_p=put(state.top_p, row.top_p),
+        repetition_penalty=put(state.repetition_penalty, row.repetition_penalty),
+        frequency_penalty=put(state.frequency_penalty, row.frequency_penalty),
+        presence_penalty=put(state.presence_penalty, row.presence_penalty),
+        key_data=put(state.key_data, row.key_data),
+        step=state.step.at[slot].set(0),
+        bias_ids=put(state.bias_ids, row.bias_ids),
+        bias_values=put(state.bias_values, row.bias_values),
+        prompt_seen=state.prompt_seen.at[slot].set(False),
+        counts=state.counts.at[slot].set(0),
+    )
+
+
+def _gather(tree: SamplingRows, rows: jax.Array) -> SamplingRows:
+    return jax.tree_util.tree_map(lambda a: a[rows], tree)
+
+
+def _scatter(tree: SamplingRows, rows: jax.Array, values: SamplingRows) -> SamplingRows:
+    return jax.tree_util.tree_map(lambda a, v: a.at[rows].set(v, mode="drop"), tree, values)
+
+
+def prefill(
+    params: Params, cache: KVCache, state: SamplingRows,
+    slots: jax.Array,  # [P] slot of each row (padding rows: the slot count)
+    tokens: jax.Array,  # [P, T]
+    positions: jax.Array,  # [P, T], -1 for padding
+    last: jax.Array,  # [P] index in T of each row's last real token
+    final: jax.Array,  # [P] bool: this chunk ends the prompt, so a token is drawn
+    cfg: GemmaConfig, vocab_limit: int,
+) -> tuple[Sampled, jax.Array, KVCache, SamplingRows]:
+    """Run prompt chunks for P slots; draw the first token of rows whose prompt is complete.
+
+    Returns the draw, the last-position logits [P, V] (for `fork`), the cache and the state.
+    """
+    rows_cache = KVCache(keys=tuple(k[slots] for k in cache.keys),
+                         values=tuple(v[slots] for v in cache.values))
+    logits, rows_cache = forward(params, tokens, positions, rows_cache, cfg, logit_indices=last)
+    assert rows_cache is not None
+    cache = KVCache(
+        keys=tuple(k.at[slots].set(r, mode="drop") for k, r in zip(cache.keys, rows_cache.keys,
+                                                                     strict=True)),
+        values=tuple(v.at[slots].set(r, mode="drop")
+                     for v, r in zip(cache.values, rows_cache.values, strict=True)),
+    )
+    vocab = state.prompt_seen.shape[1]
+    seen_ids = jnp.where(positions >= 0, tokens, vocab)  # padding: out of range, dropped
+    prompt_seen = state.prompt_seen.at[slots[:, None], seen_ids].set(True, mode="drop")
+    state = state.replace(prompt_seen=prompt_seen)
+    rows = _gather(state, slots)
+    drawn = sample(logits, rows, vocab_limit)
+    state = _scatter(state, slots, record(rows, drawn.tokens, final))
+    return drawn, logits, cache, state
+
+
+def fork(
+    cache: KVCache, state: SamplingRows,
+    source: jax.Array,  # [] the slot whose prompt was just prefilled
+    targets: jax.Array,  # [M] slots of the other choices (padding: the slot count)
+    logits: jax.Array,  # [V] the prompt's last-position logits
+    vocab_limit: int,
+) -> tuple[Sampled, KVCache, SamplingRows]:
+    """n > 1: copy one prefilled prompt to more slots and draw each one's first token."""
+    cache = KVCache(
+        keys=tuple(k.at[targets].set(k[source], mode="drop") for k in cache.keys),
+        values=tuple(v.at[targets].set(v[source], mode="drop") for v in cache.values),
+    )
+    prompt_seen = state.prompt_seen.at[targets].set(state.prompt_seen[source], mode="drop")
+    state = state.replace(prompt_seen=prompt_seen)
+    rows = _gather(state, targets)
+    m = targets.shape[0]
+    drawn = sample(jnp.broadcast_to(logits, (m, logits.shape[-1])), rows, vocab_limit)
+    state = _scatter(state, targets, record(rows, drawn.tokens, jnp.ones(m, jnp.bool_)))
+    return drawn, cache, state
+
+
+def decode(
+    params: Params, cache: KVCache, state: SamplingRows,
+    tokens: jax.Array,  # [S] each slot's last token
+    positions: jax.Array,  # [S] its position; -1 for an inactive slot
+    cfg: GemmaConfig, vocab_limit: int,
+) -> tuple[Sampled, KVCache, SamplingRows]:
+    """One token for every active slot."""
+    active = positions >= 0
+    logits, new_cache = forward(params, tokens[:, None], positions[:, None], cache, cfg,
+                                logit_indices=jnp.zeros_like(tokens))
+    assert new_cache is not None
+    drawn = sample(logits, state, vocab_limit)
+    return drawn, new_cache, record(state, drawn.tokens, active)
