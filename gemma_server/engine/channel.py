@@ -7,6 +7,7 @@ queue, nothing polls. Closing the stream early (a client that went away) cancels
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from gemma_server.datatypes import Event, FinishEvent
@@ -20,10 +21,9 @@ class Channel:
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
 
     def send(self, event: Event) -> None:
-        try:
+        # A closed event loop raises RuntimeError: nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            pass
 
     async def receive(self) -> Event:
         return await self._queue.get()

@@ -115,8 +115,8 @@ class Engine:
             log.exception("engine loop died")
             self.failure = exc
             with self._cond:
-                for admitted in list(self.scheduler.by_id.values()):
-                    self._fail(admitted, f"engine failure: {exc}")
+                for holder in list(self.scheduler.by_id.values()):
+                    self._fail(holder, f"engine failure: {exc}")
 
     def _apply_cancellations(self) -> None:
         def finish_waiting(request: GenerationRequest, sink: object) -> None:
@@ -166,7 +166,7 @@ class Engine:
                 if not chunk.final:
                     continue
                 self.scheduler.start_decoding(chunk.admitted)
-            self._first_tokens(chunk.admitted, drawn, r, logits[r])
+            self._first_tokens(chunk.admitted, drawn, r, logits)
 
     def _first_tokens(self, admitted: Admitted, drawn: dict[str, np.ndarray], row: int,
                       logits: object) -> None:
@@ -177,7 +177,9 @@ class Engine:
         others = admitted.choices[1:]
         targets[:len(others)] = [c.slot for c in others]
         try:
-            forked = self.executor.fork(admitted.slots[0], targets, logits)  # type: ignore[arg-type]
+            # The row is picked on the host: an eager device slice would compile per row.
+            forked = self.executor.fork(admitted.slots[0], targets,
+                                        np.asarray(logits)[row])
         except Exception as exc:
             self._step_failed([admitted], exc)
             return

@@ -9,6 +9,7 @@ directly, so a shape that was not compiled is an error, never a silent recompila
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from functools import partial
@@ -82,7 +83,7 @@ class Executor:
             jax.config.update("jax_compilation_cache_dir", self.config.compilation_cache_dir)
         p, c, s = _abstract(self.params), _abstract(self.cache), _abstract(self.state)
         i32, b, m = jnp.int32, self.slots, self.slots
-        kw = dict(cfg=self.cfg, vocab_limit=self.vocab_limit)
+        kw: dict[str, Any] = {"cfg": self.cfg, "vocab_limit": self.vocab_limit}
         self._insert = jax.jit(steps.insert, donate_argnames="state").lower(
             s, _spec((), i32), _abstract(self._row_template())).compile()
         self._decode = jax.jit(partial(steps.decode, **kw), donate_argnames=("cache", "state")) \
@@ -104,7 +105,7 @@ class Executor:
 
     def _row_template(self) -> SamplingRows:
         one = steps.init_state(1, 1)
-        return one.replace(bias_ids=jnp.zeros((1, MAX_LOGIT_BIAS), jnp.int32))
+        return dataclasses.replace(one, bias_ids=jnp.zeros((1, MAX_LOGIT_BIAS), jnp.int32))
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -119,7 +120,8 @@ class Executor:
         def f32(x: float) -> jax.Array:
             return jnp.asarray([x], jnp.float32)
 
-        row = self._row_template().replace(
+        row = dataclasses.replace(
+            self._row_template(),
             temperature=f32(sampling.temperature),
             top_k=jnp.asarray([sampling.top_k], jnp.int32),
             top_p=f32(sampling.top_p),
@@ -144,7 +146,7 @@ class Executor:
             self.params, self.cache, self.state, slots, tokens, positions, last, final)
         return _to_host(drawn), logits
 
-    def fork(self, source: int, targets: np.ndarray, logits: jax.Array) -> dict[str, np.ndarray]:
+    def fork(self, source: int, targets: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
         drawn, self.cache, self.state = self._fork(
             self.cache, self.state, jnp.int32(source), targets, logits)
         return _to_host(drawn)

@@ -16,6 +16,8 @@ order of processing, for each row:
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -125,4 +127,4 @@ def record(rows: SamplingRows, tokens: jax.Array, active: jax.Array) -> Sampling
     r = tokens.shape[0]
     add = active.astype(jnp.int32)
     counts = rows.counts.at[jnp.arange(r), tokens].add(add)
-    return rows.replace(counts=counts, step=rows.step + add)
+    return dataclasses.replace(rows, counts=counts, step=rows.step + add)

@@ -88,7 +88,8 @@ class Scheduler:
                 f"exceeds the {limit}-token limit")
         if request.n > self.config.max_batch_size:
             raise InvalidRequest(f"n must be at most {self.config.max_batch_size}")
-        if len(self.waiting) >= self.config.max_waiting:
+        # Requests the next admission will seat (free slots) are not waiting for anything.
+        if len(self.waiting) - len(self.free_slots) >= self.config.max_waiting:
             raise Overloaded("the server is busy: too many requests are waiting")
 
     def enqueue(self, request: GenerationRequest, sink: object, seed: int) -> None:

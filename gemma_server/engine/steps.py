@@ -8,6 +8,8 @@ writes (`mode="drop"`) are discarded.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -42,7 +44,8 @@ def insert(state: SamplingRows, slot: jax.Array, row: SamplingRows) -> SamplingR
     def put(field: jax.Array, value: jax.Array) -> jax.Array:
         return field.at[slot].set(value[0])
 
-    return state.replace(
+    return dataclasses.replace(
+        state,
         temperature=put(state.temperature, row.temperature),
         top_k=put(state.top_k, row.top_k),
         top_p=put(state.top_p, row.top_p),
@@ -81,18 +84,18 @@ def prefill(
     """
     rows_cache = KVCache(keys=tuple(k[slots] for k in cache.keys),
                          values=tuple(v[slots] for v in cache.values))
-    logits, rows_cache = forward(params, tokens, positions, rows_cache, cfg, logit_indices=last)
-    assert rows_cache is not None
+    logits, written = forward(params, tokens, positions, rows_cache, cfg, logit_indices=last)
+    assert written is not None
     cache = KVCache(
-        keys=tuple(k.at[slots].set(r, mode="drop") for k, r in zip(cache.keys, rows_cache.keys,
+        keys=tuple(k.at[slots].set(r, mode="drop") for k, r in zip(cache.keys, written.keys,
                                                                      strict=True)),
         values=tuple(v.at[slots].set(r, mode="drop")
-                     for v, r in zip(cache.values, rows_cache.values, strict=True)),
+                     for v, r in zip(cache.values, written.values, strict=True)),
     )
     vocab = state.prompt_seen.shape[1]
     seen_ids = jnp.where(positions >= 0, tokens, vocab)  # padding: out of range, dropped
     prompt_seen = state.prompt_seen.at[slots[:, None], seen_ids].set(True, mode="drop")
-    state = state.replace(prompt_seen=prompt_seen)
+    state = dataclasses.replace(state, prompt_seen=prompt_seen)
     rows = _gather(state, slots)
     drawn = sample(logits, rows, vocab_limit)
     state = _scatter(state, slots, record(rows, drawn.tokens, final))
@@ -112,7 +115,7 @@ def fork(
         values=tuple(v.at[targets].set(v[source], mode="drop") for v in cache.values),
     )
     prompt_seen = state.prompt_seen.at[targets].set(state.prompt_seen[source], mode="drop")
-    state = state.replace(prompt_seen=prompt_seen)
+    state = dataclasses.replace(state, prompt_seen=prompt_seen)
     rows = _gather(state, targets)
     m = targets.shape[0]
     drawn = sample(jnp.broadcast_to(logits, (m, logits.shape[-1])), rows, vocab_limit)

@@ -1,0 +1,218 @@
+"""The engine end to end on a tiny checkpoint: correctness, invariance, seeds, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+from gemma_server.config import EngineConfig
+from gemma_server.datatypes import (
+    FinishEvent,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+)
+from gemma_server.engine.engine import Engine
+from gemma_server.errors import ContextTooLong, InvalidRequest, Overloaded
+from tests.conftest import golden
+
+NAME = "tiny-gemma2"
+CONFIG = EngineConfig(max_batch_size=8, max_total_tokens=256, max_input_length=200,
+                      max_batch_prefill_tokens=64, prefill_buckets=(16, 64),
+                      prefill_batch_sizes=(1, 4), max_waiting=4)
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    model = tiny_model(NAME)
+    eng = Engine(model.params, model.config, CONFIG)
+    eng.start()
+    yield eng
+    eng.stop()
+
+
+def request(prompt, max_new=10, n=1, logprobs=None, stop=(), **sampling) -> GenerationRequest:
+    sampling.setdefault("temperature", 0.0)
+    return GenerationRequest(f"r{next(_ids)}", tuple(int(t) for t in prompt), max_new,
+                             frozenset(stop), SamplingParams(**sampling), n=n,
+                             logprobs=logprobs)
+
+
+async def collect(engine, req, delay_first=0.0):
+    """(tokens per choice, logprobs per choice, finish events)."""
+    await asyncio.sleep(delay_first)
+    tokens: dict[int, list[int]] = {}
+    logprobs: dict[int, list[float]] = {}
+    finishes: list[FinishEvent] = []
+    async for event in engine.submit(req):
+        if isinstance(event, TokenEvent):
+            tokens.setdefault(event.choice, []).append(event.token_id)
+            if event.logprob is not None:
+                logprobs.setdefault(event.choice, []).append(event.logprob)
+        else:
+            finishes.append(event)
+    return tokens, logprobs, finishes
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def prompts() -> list[list[int]]:
+    gold = golden(NAME)
+    return [gold[f"ids_{i}"].tolist() for i in range(3)]
+
+
+def test_greedy_equals_transformers_through_chunked_prefill(engine):
+    gold = golden(NAME)
+    for i, prompt in enumerate(prompts()):  # prompt 0 (102 tokens) takes two chunks
+        tokens, logprobs, finishes = run(collect(engine, request(prompt, logprobs=0)))
+        assert tokens[0] == gold[f"greedy_{i}"].tolist()
+        assert finishes == [FinishEvent(0, "length", len(prompt), 10)]
+        # The first token's log-probability is transformers' last-position one.
+        expected = gold[f"logprobs_{i}"][-1][tokens[0][0]]
+        assert abs(logprobs[0][0] - expected) < 1e-4
+
+
+def _busy_workload(target: GenerationRequest):
+    long_prompt, chat, short = prompts()
+    others = [
+        (request(chat, max_new=4, temperature=0.7, seed=1), 0.0),
+        (request(short, max_new=30, temperature=1.2, top_k=5, seed=2), 0.0),
+        (request(long_prompt[:40], max_new=3, top_p=0.5, temperature=1.0), 0.0),
+        (request(chat[:7], max_new=20, n=2, temperature=0.9), 0.01),
+        (request(long_prompt[10:80], max_new=6, repetition_penalty=1.3), 0.02),
+        (request(short, max_new=25, frequency_penalty=0.5, presence_penalty=0.5), 0.05),
+        (request(chat[3:], max_new=12, temperature=1.0, top_k=40, top_p=0.9), 0.08),
+    ]
+    return others, target
+
+
+def test_batch_invariance_of_greedy_tokens_and_logprobs(engine):
+    prompt = prompts()[1]
+    alone, alone_lp, _ = run(collect(engine, request(prompt, max_new=20, logprobs=5)))
+
+    async def busy():
+        others, target = _busy_workload(request(prompt, max_new=20, logprobs=5))
+        tasks = [collect(engine, r, delay) for r, delay in others]
+        results = await asyncio.gather(collect(engine, target, 0.03), *tasks)
+        return results[0]
+
+    tokens, lps, finishes = run(busy())
+    assert tokens[0] == alone[0]
+    np.testing.assert_allclose(lps[0], alone_lp[0], atol=1e-4, rtol=0)
+    assert finishes[0].reason == "length"
+
+
+def test_seeded_sampling_is_reproducible_in_any_batch(engine):
+    prompt = prompts()[2]
+    seeded = request(prompt, max_new=16, temperature=1.0, top_p=0.95, seed=9_999_999_999)
+    alone, _, _ = run(collect(engine, seeded))
+
+    async def busy():
+        others, target = _busy_workload(
+            request(prompt, max_new=16, temperature=1.0, top_p=0.95, seed=9_999_999_999))
+        results = await asyncio.gather(collect(engine, target, 0.02),
+                                       *[collect(engine, r, d) for r, d in others])
+        return results[0]
+
+    assert run(busy())[0][0] == alone[0]
+    other_seed, _, _ = run(collect(engine, request(prompt, max_new=16, temperature=1.0,
+                                                   top_p=0.95, seed=12345)))
+    assert other_seed[0] != alone[0]
+
+
+def test_n_choices_share_a_prefill_and_sample_independently(engine):
+    prompt = prompts()[2]
+    before = engine.steps["prefill"]
+    tokens, _, finishes = run(collect(engine, request(prompt, max_new=8, n=3,
+                                                      temperature=1.0, seed=7)))
+    assert engine.steps["prefill"] == before + 1
+    assert sorted(f.choice for f in finishes) == [0, 1, 2]
+    assert len({tuple(t) for t in tokens.values()}) == 3
+    single, _, _ = run(collect(engine, request(prompt, max_new=8, temperature=1.0, seed=7)))
+    assert single[0] == tokens[0]
+
+
+def test_stop_ids_end_a_choice_without_emitting_the_stop_token(engine):
+    gold = golden(NAME)
+    greedy = gold["greedy_1"].tolist()
+    stop = greedy[3]
+    tokens, _, finishes = run(collect(engine, request(prompts()[1], stop=(stop,))))
+    assert tokens[0] == greedy[:greedy.index(stop)]
+    assert finishes[0].reason == "stop" and finishes[0].completion_tokens == len(tokens[0]) + 1
+    ignored, _, finishes = run(collect(engine, request(prompts()[1], stop=(stop,),
+                                                       ignore_eos=True)))
+    assert ignored[0] == greedy and finishes[0].reason == "length"
+
+
+def test_no_compilation_after_warm_up(engine):
+    compiles = []
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if "backend_compile" in event:
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        async def mixed():
+            long_prompt, chat, short = prompts()
+            work = [
+                request(long_prompt, max_new=5, temperature=0.3, seed=5, logprobs=3),
+                request(chat[:9], max_new=7, n=2, temperature=1.7, top_k=3),
+                request(short, max_new=4, top_p=0.2, temperature=1.0, seed=77),
+                request(chat, max_new=6, repetition_penalty=0.0, logit_bias=((5, 3.0),)),
+                request(long_prompt[:17], max_new=3, frequency_penalty=-1.0),
+            ]
+            await asyncio.gather(*[collect(engine, r, 0.01 * i) for i, r in enumerate(work)])
+
+        run(mixed())
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+
+
+def test_cancel_frees_the_slot_and_a_cancelled_queued_request_never_starts(engine):
+    async def scenario():
+        prompt = prompts()[2]
+        hogs = [request(prompt, max_new=200, temperature=1.0) for _ in range(8)]
+        streams = [engine.submit(r) for r in hogs]
+        queued = engine.submit(request(prompt, max_new=5))
+        first = await streams[0].__aiter__().__anext__()
+        assert isinstance(first, TokenEvent)
+        queued.cancel()
+        events = [e async for e in queued]
+        assert events == [FinishEvent(0, "cancelled", len(prompt), 0)]
+        for stream in streams:
+            stream.cancel()
+        for _ in range(100):
+            if engine.stats()["decoding"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        return engine.stats()
+
+    stats = run(scenario())
+    assert stats == {"waiting": 0, "prefilling": 0, "decoding": 0, "free_slots": 8}
+
+
+def test_overload_and_limits_fail_at_once(engine):
+    async def scenario():
+        prompt = prompts()[2]
+        streams = [engine.submit(request(prompt, max_new=200, temperature=1.0))
+                   for _ in range(8 + CONFIG.max_waiting)]
+        with pytest.raises(Overloaded):
+            engine.submit(request(prompt))
+        for stream in streams:
+            stream.cancel()
+        with pytest.raises(ContextTooLong):
+            engine.submit(request(prompt, max_new=256))
+        with pytest.raises(InvalidRequest, match="vocabulary"):
+            engine.submit(request([2, 10_000]))
+        await asyncio.sleep(0.05)
+
+    run(scenario())
