@@ -20,7 +20,7 @@ class EngineConfig:
     max_input_length: int = 1512
     max_batch_prefill_tokens: int = 2048
     max_waiting: int = 128
-    prefill_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
+    prefill_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 1536, 2048)
     prefill_batch_sizes: tuple[int, ...] = (1, 4)
     compilation_cache_dir: str | None = None
 

@@ -36,7 +36,7 @@ class Engine:
         self.executor = Executor(params, cfg, config, vocab_limit)
         self.scheduler = Scheduler(config)
         self._cond = threading.Condition()
-        self._cancelled: set[str] = set()
+        self._cancelled: set[tuple[str, int | None]] = set()  # (request id, choice or all)
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.steps = {"prefill": 0, "decode": 0}
@@ -81,9 +81,11 @@ class Engine:
             self._cond.notify()
         return RequestStream(request.request_id, request.n, channel, self.cancel)
 
-    def cancel(self, request_id: str) -> None:
+    def cancel(self, request_id: str, choice: int | None = None) -> None:
+        """Stop a request (or only one of its choices, e.g. on a stop string) before the next
+        step; the stopped choices end with FinishEvent(reason="cancelled")."""
         with self._cond:
-            self._cancelled.add(request_id)
+            self._cancelled.add((request_id, choice))
             self._cond.notify()
 
     def stats(self) -> dict[str, int]:
@@ -123,14 +125,29 @@ class Engine:
             for i in range(request.n):
                 _send(sink, FinishEvent(i, "cancelled", len(request.prompt_ids), 0))
 
-        for request_id in self._cancelled:
+        for request_id, index in self._cancelled:
+            if index is not None and self._cancel_choice(request_id, index):
+                continue
+            holder = self.scheduler.by_id.get(request_id)
+            open_choices = _open_choices(holder) if holder is not None else []
             admitted = self.scheduler.remove(request_id, finish_waiting)
             if admitted is not None:
-                for i in range(admitted.request.n):
-                    generated = admitted.choices[i].generated if admitted.choices else 0
+                for i, generated in open_choices:
                     _send(admitted.sink, FinishEvent(i, "cancelled", admitted.prompt_len,
                                                      generated))
         self._cancelled.clear()
+
+    def _cancel_choice(self, request_id: str, index: int) -> bool:
+        """End one decoding choice; False when the whole request should go instead."""
+        admitted = self.scheduler.by_id.get(request_id)
+        if admitted is None or not admitted.choices:
+            return False
+        choice = admitted.choices[index]
+        if not choice.done:
+            self.scheduler.finish_choice(admitted, choice)
+            _send(admitted.sink, FinishEvent(index, "cancelled", admitted.prompt_len,
+                                             choice.generated))
+        return True
 
     def _insert(self, admitted: Admitted) -> None:
         for index, slot in enumerate(admitted.slots):
@@ -206,7 +223,16 @@ class Engine:
 
     def _accept(self, admitted: Admitted, choice: Choice, drawn: dict[str, np.ndarray],
                 row: int) -> None:
-        """Hand one drawn token to its choice: an event, and maybe the choice's end."""
+        """Hand one drawn token to its choice; a failure here fails this request only."""
+        try:
+            self._accept_token(admitted, choice, drawn, row)
+        except Exception as exc:
+            log.exception("request %s failed", admitted.request.request_id)
+            with self._cond:
+                self._fail(admitted, f"request failed: {exc}")
+
+    def _accept_token(self, admitted: Admitted, choice: Choice, drawn: dict[str, np.ndarray],
+                      row: int) -> None:
         request = admitted.request
         token = int(drawn["tokens"][row])
         choice.generated += 1
@@ -225,19 +251,32 @@ class Engine:
                                              choice.generated))
 
     def _step_failed(self, requests: list[Admitted], exc: Exception) -> None:
+        """Fail the requests of a failed step. Only if the step had already consumed the
+        donated cache must every other request fail too: their KV entries are gone."""
         log.exception("engine step failed", exc_info=exc)
-        self.executor.reset()  # the donated cache may be gone: every slot must start over
+        lost = self.executor.state_lost()
+        if lost:
+            self.executor.reset()
         with self._cond:
-            everyone = list(self.scheduler.by_id.values())
-            for admitted in everyone:
+            victims = list(self.scheduler.by_id.values()) if lost else requests
+            for admitted in victims:
                 message = f"engine step failed: {exc}" if admitted in requests else \
-                    "engine step failed for another request; the cache was reset"
+                    "engine step failed for another request and the KV cache was lost"
                 self._fail(admitted, message)
 
     def _fail(self, admitted: Admitted, message: str) -> None:
+        open_choices = _open_choices(admitted)
         self.scheduler.remove(admitted.request.request_id, lambda r, s: None)
-        for i in range(admitted.request.n):
-            _send(admitted.sink, FinishEvent(i, "error", admitted.prompt_len, 0, error=message))
+        for i, generated in open_choices:
+            _send(admitted.sink, FinishEvent(i, "error", admitted.prompt_len, generated,
+                                             error=message))
+
+
+def _open_choices(admitted: Admitted) -> list[tuple[int, int]]:
+    """(index, tokens generated) of the choices that have not ended yet."""
+    if not admitted.choices:
+        return [(i, 0) for i in range(admitted.request.n)]
+    return [(c.index, c.generated) for c in admitted.choices if not c.done]
 
 
 def _token_event(request: GenerationRequest, choice: int, token: int,

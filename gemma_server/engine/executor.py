@@ -133,6 +133,11 @@ class Executor:
         )
         self.state = self._insert(self.state, jnp.int32(slot), row)
 
+    def state_lost(self) -> bool:
+        """True when a failed step had already consumed (donated) the cache or state."""
+        leaves = [*self.cache.keys, *self.cache.values, *jax.tree_util.tree_leaves(self.state)]
+        return any(leaf.is_deleted() for leaf in leaves)
+
     def reset(self) -> None:
         """Fresh cache and state, after a failed step may have consumed the donated ones."""
         dtype = self.params["embed"].dtype

@@ -1,7 +1,8 @@
 """The KV cache: an explicit pytree passed into `forward` and returned from it.
 
-One key and one value array per layer, `[B, S, K, Hd]`: B sequences (engine slots), S cache
-entries, K kv heads. Global layers keep S = max_len entries indexed by absolute position;
+One key and one value array per layer, `[B, K, S, Hd]`: B sequences (engine slots), K kv
+heads, S cache entries. Heads before entries makes attention over the cache a plain batched
+matmul (batch B*K) with no transpose of the cache, which would otherwise be copied every step. Global layers keep S = max_len entries indexed by absolute position;
 sliding layers keep a ring buffer of S = sliding_window entries indexed by position mod S.
 
 The cache stores no positions. Every row is filled contiguously from position 0, so a row whose
@@ -23,7 +24,7 @@ from gemma_server.model.config import GemmaConfig
 
 @struct.dataclass
 class KVCache:
-    keys: tuple[jax.Array, ...]  # per layer [B, S_layer, K, Hd]
+    keys: tuple[jax.Array, ...]  # per layer [B, K, S_layer, Hd]
     values: tuple[jax.Array, ...]
 
     @property
@@ -34,7 +35,7 @@ class KVCache:
 def init_cache(cfg: GemmaConfig, batch: int, max_len: int, dtype: jnp.dtype) -> KVCache:
     """A zeroed cache for `batch` sequences of up to `max_len` tokens each."""
     shapes = [
-        (batch, cfg.cache_length(i, max_len), cfg.num_kv_heads, cfg.head_dim)
+        (batch, cfg.num_kv_heads, cfg.cache_length(i, max_len), cfg.head_dim)
         for i in range(cfg.num_layers)
     ]
     return KVCache(
@@ -62,14 +63,16 @@ def entry_positions(starts: jax.Array, size: int) -> jax.Array:
 
 
 def write(cache_layer: jax.Array, new: jax.Array, positions: jax.Array) -> jax.Array:
-    """Write new keys or values [B, T, K, Hd] at their positions into [B, S, K, Hd].
+    """Write new keys or values [B, K, T, Hd] at their positions into [B, K, S, Hd].
 
     Padding (position < 0) is dropped; so are chunk tokens a ring buffer is too small to keep,
     which also keeps every write index unique.
     """
-    size = cache_layer.shape[1]
+    size = cache_layer.shape[2]
     row_max = jnp.max(positions, axis=1, keepdims=True)
     keep = (positions >= 0) & (positions > row_max - size)
     index = jnp.where(keep, jnp.remainder(positions, size), size)  # `size` is out of bounds
-    rows = jnp.arange(positions.shape[0])[:, None]
-    return cache_layer.at[rows, index].set(new.astype(cache_layer.dtype), mode="drop")
+    rows = jnp.arange(positions.shape[0])[:, None, None]
+    heads = jnp.arange(cache_layer.shape[1])[None, :, None]
+    return cache_layer.at[rows, heads, index[:, None, :]].set(
+        new.astype(cache_layer.dtype), mode="drop")

@@ -96,38 +96,58 @@ def _attention_block(
     q, k = rope(q, positions, theta, scale), rope(k, positions, theta, scale)
     window = cfg.sliding_window if cfg.layer_types[layer] == "sliding" else None
 
-    # Query head h reads kv head h // G: group the queries as [K, G].
-    qg = q.reshape(b, t, k_heads, cfg.queries_per_kv, hd)
-    scores = [_scores(qg, k)]
-    masks = [_visible(positions[:, :, None], positions[:, None, :], window)]
-    values = [v]
-    if layer_cache is not None:
-        cache_k, cache_v = layer_cache
-        held = kv.entry_positions(kv.row_starts(positions), cache_k.shape[1])  # [B, S]
-        scores.insert(0, _scores(qg, cache_k))
-        masks.insert(0, _visible(positions[:, :, None], held[:, None, :], window))
-        values.insert(0, cache_v)
-    s = jnp.concatenate(scores, axis=-1) * cfg.attn_scale  # [B, K, G, T, S+T]
-    s = soft_cap(s, cfg.attn_logit_softcap)  # before the mask, as the references do
-    s = jnp.where(jnp.concatenate(masks, axis=-1)[:, None, None], s, _MASKED)
-    probs = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    out = jnp.zeros((b, t, k_heads, cfg.queries_per_kv, hd), F32)
-    offset = 0
-    for part in values:
-        n = part.shape[1]
-        p = probs[..., offset : offset + n]
-        out = out + jnp.einsum("bkgts,bskd->btkgd", p, part, preferred_element_type=F32)
-        offset += n
-    out = out.astype(x.dtype).reshape(b, t, cfg.num_heads * hd)
+    # Query head h reads kv head h // G: group the queries as [K, G]. Keys and values are
+    # laid out [B, K, T, Hd] like the cache.
+    qg = q.reshape(b, t, k_heads, cfg.queries_per_kv, hd).transpose(0, 2, 3, 1, 4)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     written = None
-    if layer_cache is not None:
+    if layer_cache is None:
+        parts = [(k, v, positions)]
+    elif t == 1:
+        # Decode: write first, then read only the cache. Reading the old cache and writing
+        # after would force XLA to copy the whole cache every step instead of updating it in
+        # place. Safe for ring buffers: the entry overwritten is one the query cannot see.
         written = (kv.write(layer_cache[0], k, positions), kv.write(layer_cache[1], v, positions))
+        held = kv.entry_positions(kv.row_starts(positions) + 1, written[0].shape[2])
+        parts = [(written[0], written[1], held)]
+    else:
+        # Prefill chunk: earlier cache entries plus the chunk itself, then write the chunk (a
+        # ring buffer shorter than the chunk would otherwise lose keys the chunk still needs).
+        held = kv.entry_positions(kv.row_starts(positions), layer_cache[0].shape[2])
+        parts = [(layer_cache[0], layer_cache[1], held), (k, v, positions)]
+        written = (kv.write(layer_cache[0], k, positions), kv.write(layer_cache[1], v, positions))
+    out = _attend(qg, parts, positions, window, cfg)
+    out = out.astype(x.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.num_heads * hd)
     return dense(out, lp["o"]), written
 
 
+def _attend(
+    qg: jax.Array,  # [B, K, G, T, Hd]
+    parts: list[tuple[jax.Array, jax.Array, jax.Array]],  # keys, values [B, K, S, Hd]; pos [B, S]
+    positions: jax.Array,  # [B, T] of the queries
+    window: int | None,
+    cfg: GemmaConfig,
+) -> jax.Array:
+    """Softmax attention over the concatenated key sets, masked by absolute position."""
+    scores = [_scores(qg, keys) for keys, _, _ in parts]
+    masks = [_visible(positions[:, :, None], pos[:, None, :], window) for _, _, pos in parts]
+    s = jnp.concatenate(scores, axis=-1) * cfg.attn_scale  # [B, K, G, T, sum S]
+    s = soft_cap(s, cfg.attn_logit_softcap)  # before the mask, as the references do
+    s = jnp.where(jnp.concatenate(masks, axis=-1)[:, None, None], s, _MASKED)
+    probs = jax.nn.softmax(s, axis=-1)
+    out = jnp.zeros(qg.shape, F32)
+    offset = 0
+    for _, values, _ in parts:
+        n = values.shape[2]
+        p = probs[..., offset : offset + n].astype(values.dtype)
+        out = out + jnp.einsum("bkgts,bksd->bkgtd", p, values, preferred_element_type=F32)
+        offset += n
+    return out
+
+
 def _scores(qg: jax.Array, keys: jax.Array) -> jax.Array:
-    """[B, T, K, G, Hd] x [B, S, K, Hd] -> [B, K, G, T, S] in float32."""
-    return jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=F32)
+    """[B, K, G, T, Hd] x [B, K, S, Hd] -> [B, K, G, T, S] in float32."""
+    return jnp.einsum("bkgtd,bksd->bkgts", qg, keys, preferred_element_type=F32)
 
 
 def _visible(query_pos: jax.Array, key_pos: jax.Array, window: int | None) -> jax.Array:

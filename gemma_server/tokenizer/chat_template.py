@@ -11,8 +11,9 @@ OpenAI client that sends one). Several leading system messages are joined with "
 After them, roles must alternate user/assistant starting with user; anything else is a
 `TemplateError` with a message saying what is wrong.
 
-The result is text for `GemmaTokenizer.encode`, which turns the leading `<bos>` and the turn
-markers into their ids: one BOS, never two.
+`render_chat` gives the prompt as text; `render_chat_segments` gives the same text as segments
+marked template or content, so that the tokenizer can encode message content as plain text: a
+user who types `<start_of_turn>` in a message gets those characters, not a forged turn.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ class ChatMessage:
 
 
 def render_chat(messages: Sequence[ChatMessage], add_generation_prompt: bool = True) -> str:
+    return "".join(text for text, _ in render_chat_segments(messages, add_generation_prompt))
+
+
+def render_chat_segments(
+    messages: Sequence[ChatMessage], add_generation_prompt: bool = True
+) -> list[tuple[str, bool]]:
+    """The rendered prompt as (text, is_content) pieces, in order."""
     if not messages:
         raise TemplateError("messages must contain at least one message")
     system_parts: list[str] = []
@@ -43,7 +51,7 @@ def render_chat(messages: Sequence[ChatMessage], add_generation_prompt: bool = T
     turns = messages[index:]
     if not turns:
         raise TemplateError("messages must contain a user message after the system message")
-    out = ["<bos>"]
+    out: list[tuple[str, bool]] = [("<bos>", False)]
     for n, message in enumerate(turns):
         role = _TURN_ROLES.get(message.role)
         if role is None:
@@ -61,10 +69,10 @@ def render_chat(messages: Sequence[ChatMessage], add_generation_prompt: bool = T
         text = _text(message, trim=True)
         if n == 0 and system_parts:
             text = "\n\n".join(system_parts) + "\n\n" + text
-        out.append(f"<start_of_turn>{role}\n{text}<end_of_turn>\n")
+        out += [(f"<start_of_turn>{role}\n", False), (text, True), ("<end_of_turn>\n", False)]
     if add_generation_prompt:
-        out.append("<start_of_turn>model\n")
-    return "".join(out)
+        out.append(("<start_of_turn>model\n", False))
+    return out
 
 
 def _text(message: ChatMessage, trim: bool) -> str:

@@ -100,6 +100,29 @@ class GemmaTokenizer:
             ids.insert(0, BOS_ID)
         return ids
 
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of `text` read as plain characters: special-token strings in it are
+        encoded as ordinary text, never as their control ids (no prompt injection)."""
+        ids: list[int] = []
+        for part in self._split.split(text):
+            if not part:
+                continue
+            if part in self._special:  # "<" alone, then the rest: no piece matches the whole
+                ids.extend(self._sp.encode(part[0]))
+                ids.extend(self._sp.encode(part[1:]))
+            else:
+                ids.extend(self._sp.encode(part))
+        return ids
+
+    def encode_segments(self, segments: list[tuple[str, bool]]) -> list[int]:
+        """A templated prompt: template pieces with special tokens, content as plain text."""
+        ids: list[int] = []
+        for text, is_content in segments:
+            ids.extend(self.encode_plain(text) if is_content else self.encode(text, False))
+        if not ids or ids[0] != BOS_ID:
+            ids.insert(0, BOS_ID)
+        return ids
+
     @cached_property
     def id_bytes(self) -> list[bytes]:
         """UTF-8 bytes each id decodes to: the basis of `decode` and streaming detokenization.

@@ -216,3 +216,45 @@ def test_overload_and_limits_fail_at_once(engine):
         await asyncio.sleep(0.05)
 
     run(scenario())
+
+
+def test_a_failing_request_fails_alone(engine, monkeypatch):
+    """A host-side failure in one request's processing fails that request; others finish."""
+    import gemma_server.engine.engine as engine_module
+
+    real = engine_module._token_event
+
+    def flaky(request, *args):
+        if request.request_id.endswith("-bad"):
+            raise RuntimeError("boom")
+        return real(request, *args)
+
+    monkeypatch.setattr(engine_module, "_token_event", flaky)
+
+    async def scenario():
+        prompt = prompts()[2]
+        bad = GenerationRequest("x-bad", tuple(prompt), 10)
+        good = request(prompt, max_new=10)
+        return await asyncio.gather(collect(engine, bad), collect(engine, good))
+
+    (bad_tokens, _, bad_finish), (good_tokens, _, good_finish) = run(scenario())
+    assert bad_tokens == {} and bad_finish[0].reason == "error" and "boom" in bad_finish[0].error
+    assert good_finish[0].reason == "length" and len(good_tokens[0]) == 10
+    assert engine.alive
+
+
+def test_a_failing_device_step_fails_its_requests_and_the_engine_goes_on(engine, monkeypatch):
+    calls = {"n": 0}
+    real = engine.executor.prefill
+
+    def failing_once(*args):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("device says no")
+        return real(*args)
+
+    monkeypatch.setattr(engine.executor, "prefill", failing_once)
+    _, _, finishes = run(collect(engine, request(prompts()[2])))
+    assert finishes[0].reason == "error" and "device says no" in finishes[0].error
+    tokens, _, finishes = run(collect(engine, request(prompts()[2])))
+    assert finishes[0].reason == "length" and tokens[0] == golden(NAME)["greedy_2"].tolist()

@@ -1,0 +1,132 @@
+"""Benchmark the generation engine directly (no HTTP): prefill, decode, throughput, compile time.
+
+    python scripts/bench_engine.py [--checkpoint DIR | --shape bench-150m | --shape tiny]
+        [--dtype float32|bfloat16] [--json OUT]
+
+`--shape bench-150m` writes (once, into the demo cache) the random Gemma-shaped checkpoint of
+`../shared/spec/performance.md`: hidden 1024, 12 layers, 8 heads / 2 kv heads, head_dim 128,
+intermediate 3072, vocab 32000. Prompts are random token ids; decoding ignores stop tokens.
+Numbers are medians of a few repetitions; run on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gemma_server.config import EngineConfig
+from gemma_server.datatypes import GenerationRequest, SamplingParams, TokenEvent
+from gemma_server.demo import cache_root
+from gemma_server.engine.engine import Engine
+from gemma_server.model.checkpoint import load_checkpoint
+from gemma_server.model.hf_config import config_from_hf_dict
+from gemma_server.model.synthetic import GEMMA2_LAYOUT_TOKENIZER, SyntheticSpec, write_checkpoint
+from gemma_server.model.tiny import TINY_GEMMA2
+
+BENCH_150M = SyntheticSpec(
+    name="bench-150m", tokenizer=GEMMA2_LAYOUT_TOKENIZER, eos_token_id=(1,), proj_std=0.03,
+    embed_std=0.05, hf_config={
+        "architectures": ["GemmaForCausalLM"], "model_type": "gemma", "vocab_size": 32000,
+        "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 12,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 128,
+        "max_position_embeddings": 8192, "hidden_activation": "gelu_pytorch_tanh",
+    },
+)
+SHAPES = {"bench-150m": BENCH_150M, "tiny": TINY_GEMMA2}
+
+
+def checkpoint_dir(args: argparse.Namespace) -> Path:
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    spec = SHAPES[args.shape]
+    path = cache_root() / f"bench-{spec.name}"
+    if not (path / "config.json").exists():
+        write_checkpoint(spec, path, config_from_hf_dict(dict(spec.hf_config)))
+    return path
+
+
+class Bench:
+    def __init__(self, engine: Engine, vocab: int):
+        self.engine, self.rng, self.vocab = engine, np.random.default_rng(0), vocab
+        self.count = 0
+
+    def request(self, prompt_len: int, max_new: int) -> GenerationRequest:
+        self.count += 1
+        ids = self.rng.integers(10, self.vocab, prompt_len).tolist()
+        return GenerationRequest(f"b{self.count}", (2, *ids[1:]), max_new,
+                                 sampling=SamplingParams(temperature=0.0, ignore_eos=True))
+
+    async def timed(self, req: GenerationRequest) -> list[float]:
+        """Arrival times of each token, relative to submission."""
+        start, times = time.perf_counter(), []
+        async for event in self.engine.submit(req):
+            if isinstance(event, TokenEvent):
+                times.append(time.perf_counter() - start)
+        return times
+
+    async def prefill(self, length: int, reps: int = 3) -> float:
+        times = [(await self.timed(self.request(length, 1)))[0] for _ in range(reps)]
+        return length / statistics.median(times)
+
+    async def decode(self, batch: int, new: int = 48, reps: int = 2) -> float:
+        rates = []
+        for _ in range(reps):
+            runs = await asyncio.gather(*[self.timed(self.request(16, new))
+                                          for _ in range(batch)])
+            first, last = max(r[0] for r in runs), max(r[-1] for r in runs)
+            rates.append(batch * (new - 1) / (last - first))
+        return statistics.median(rates)
+
+    async def throughput(self, requests: int = 32, prompt: int = 128, new: int = 64) -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*[self.timed(self.request(prompt, new)) for _ in range(requests)])
+        return requests * new / (time.perf_counter() - start)
+
+
+async def measure(bench: Bench, max_batch: int) -> dict[str, float]:
+    out = {f"prefill_{n}_tok_s": await bench.prefill(n) for n in (512, 1500)}
+    for b in (1, 8, 16):
+        if b <= max_batch:
+            out[f"decode_b{b}_tok_s"] = await bench.decode(b)
+    out["throughput_32req_tok_s"] = await bench.throughput()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="bench-150m")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    ckpt = load_checkpoint(checkpoint_dir(args), dtype=args.dtype, progress=False)
+    config = EngineConfig(max_batch_size=args.max_batch_size, max_total_tokens=2048,
+                          max_input_length=1600, max_batch_prefill_tokens=2048)
+    engine = Engine(ckpt.params, ckpt.config, config)
+    engine.start()
+    results = {"checkpoint": str(ckpt.path), "dtype": args.dtype,
+               "params": ckpt.config.num_params(),
+               "compile_s": engine.executor.compile_seconds,
+               "compiled_prefill_shapes": len(engine.executor.prefill_shapes())}
+    try:
+        results.update(asyncio.run(measure(Bench(engine, ckpt.config.vocab_size),
+                                           args.max_batch_size)))
+    finally:
+        engine.stop()
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        shown = f"{value:,.1f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
