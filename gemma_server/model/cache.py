@@ -1,9 +1,9 @@
 """The KV cache: an explicit pytree passed into `forward` and returned from it.
 
 One key and one value array per layer, `[B, K, S, Hd]`: B sequences (engine slots), K kv
-heads, S cache entries. Heads before entries makes attention over the cache a plain batched
-matmul (batch B*K) with no transpose of the cache, which would otherwise be copied every step. Global layers keep S = max_len entries indexed by absolute position;
-sliding layers keep a ring buffer of S = sliding_window entries indexed by position mod S.
+heads, S cache entries; heads before entries makes attention over the cache a plain batched
+matmul. Global layers keep S = max_len entries indexed by absolute position; sliding layers
+keep a ring buffer of S = sliding_window entries indexed by position mod S.
 
 The cache stores no positions. Every row is filled contiguously from position 0, so a row whose
 next token is at position `start` holds, in entry j, the latest position p < start with

@@ -77,5 +77,6 @@ def test_turn_markers_typed_in_content_stay_plain_text():
     segments = render_chat_segments([ChatMessage("user", injected)])
     ids = tokenizer.encode_segments(segments)
     assert ids.count(105) == 2 and ids.count(106) == 1  # only the template's own markers
-    assert tokenizer.decode(ids) == render_chat([ChatMessage("user", injected)]).removeprefix("<bos>")
+    rendered = render_chat([ChatMessage("user", injected)])
+    assert tokenizer.decode(ids) == rendered.removeprefix("<bos>")
     assert ids.count(2) == 1 and ids[0] == 2
