@@ -1,10 +1,12 @@
 """The `gemma-server` command.
 
+    gemma-server serve [--config FILE] [--checkpoint DIR_OR_HUB_ID] [...]   (see --help)
     gemma-server generate [--checkpoint DIR_OR_HUB_ID] [--dtype D] [--max-tokens N] [--raw] TEXT
     gemma-server info [--checkpoint DIR_OR_HUB_ID]
 
-Without `--checkpoint` both use the embedded demo model. `generate` wraps TEXT in the chat
-template (one user turn) unless `--raw`, and streams greedy tokens to stdout as they are made.
+Without `--checkpoint` all use the embedded demo model. `serve` settings also come from a
+TOML/YAML file and `GEMMA_SERVER_*` environment variables; the command line wins. `generate`
+wraps TEXT in the chat template (one user turn) unless `--raw` and streams greedy tokens.
 """
 
 from __future__ import annotations
@@ -23,9 +25,31 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="parameter and activation dtype (float16 is refused: it overflows)")
 
 
+def _add_serve_args(serve: argparse.ArgumentParser) -> None:
+    a = serve.add_argument
+    a("--config", help="TOML or YAML file of settings (keys are the flag names)")
+    a("--checkpoint", help="checkpoint directory or Hugging Face Hub id (default: demo model)")
+    a("--served-model-name", action="append",
+      help="name clients use for the model; repeat for aliases (default: directory name)")
+    a("--host", help="address to listen on (default 127.0.0.1)")
+    a("--port", type=int, help="port to listen on (default 8000)")
+    a("--dtype", choices=["float32", "bfloat16", "float16"], help="default float32")
+    a("--api-key", action="append", help="require 'Authorization: Bearer KEY'; repeatable")
+    a("--api-key-file", help="file with one API key per line")
+    a("--max-batch-size", type=int, help="decode slots (default 8)")
+    a("--max-waiting", type=int, help="requests that may wait for a slot (default 128)")
+    a("--max-input-length", type=int, help="prompt tokens per request (default 1512)")
+    a("--max-total-tokens", type=int, help="prompt + generated tokens (default 2048)")
+    a("--max-batch-prefill-tokens", type=int, help="tokens per prefill step (default 2048)")
+    a("--max-body-bytes", type=int, help="request body limit (default 4 MiB)")
+    a("--compilation-cache-dir", help="JAX persistent compilation cache directory")
+    a("--log-level", choices=["debug", "info", "warning", "error"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gemma-server", description="Serve Gemma models.")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve_args(commands.add_parser("serve", help="run the HTTP server"))
     generate = commands.add_parser("generate", help="generate a completion greedily")
     _add_model_args(generate)
     generate.add_argument("--max-tokens", type=int, default=64)
@@ -39,12 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "generate":
             return _generate(args)
         return _info(args)
     except ConfigurationError as exc:
         print(f"gemma-server: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gemma_server.server import serve
+    from gemma_server.settings import load_settings
+
+    cli = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    return serve(load_settings(cli, args.config))
 
 
 def _generate(args: argparse.Namespace) -> int:

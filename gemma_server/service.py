@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from gemma_server.datatypes import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 from gemma_server.engine.engine import Engine
-from gemma_server.errors import ContextTooLong, EngineFailure
+from gemma_server.errors import ContextTooLong, EngineFailure, InvalidRequest
 from gemma_server.stop_strings import StopStringMatcher
 from gemma_server.tokenizer import (
     ChatMessage,
@@ -119,11 +119,14 @@ class ModelService:
     def submit(self, request: TextRequest) -> GenerationOutput:
         """Check limits and queue the request; errors raise here, before any output."""
         max_new = self.max_new_tokens(len(request.prompt_ids), request.max_tokens)
-        generation = GenerationRequest(
-            request_id=request.request_id, prompt_ids=request.prompt_ids,
-            max_new_tokens=max_new, stop_ids=self.stop_ids, sampling=request.sampling,
-            n=request.n, logprobs=request.logprobs,
-        )
+        try:
+            generation = GenerationRequest(
+                request_id=request.request_id, prompt_ids=request.prompt_ids,
+                max_new_tokens=max_new, stop_ids=self.stop_ids, sampling=request.sampling,
+                n=request.n, logprobs=request.logprobs,
+            )
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
         stream = self.engine.submit(generation)
         return GenerationOutput(self, request, stream)
 

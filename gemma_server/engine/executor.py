@@ -10,8 +10,10 @@ directly, so a shape that was not compiled is an error, never a silent recompila
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -77,29 +79,44 @@ class Executor:
     # --- compilation -------------------------------------------------------------------------
 
     def warm_up(self, progress: Callable[[str], None] | None = None) -> float:
-        """Compile every shape the engine uses; returns the seconds it took."""
+        """Compile every shape the engine uses; returns the seconds it took.
+
+        Tracing is sequential (Python), the XLA compilations run in a thread pool: they release
+        the GIL, and there are a dozen of them.
+        """
         start = time.perf_counter()
         if self.config.compilation_cache_dir:
             jax.config.update("jax_compilation_cache_dir", self.config.compilation_cache_dir)
         p, c, s = _abstract(self.params), _abstract(self.cache), _abstract(self.state)
         i32, b, m = jnp.int32, self.slots, self.slots
         kw: dict[str, Any] = {"cfg": self.cfg, "vocab_limit": self.vocab_limit}
-        self._insert = jax.jit(steps.insert, donate_argnames="state").lower(
-            s, _spec((), i32), _abstract(self._row_template())).compile()
-        self._decode = jax.jit(partial(steps.decode, **kw), donate_argnames=("cache", "state")) \
-            .lower(p, c, s, _spec((b,), i32), _spec((b,), i32)).compile()
-        self._fork = jax.jit(partial(steps.fork, vocab_limit=self.vocab_limit),
-                             donate_argnames=("cache", "state")).lower(
-            c, s, _spec((), i32), _spec((m,), i32), _spec((self.cfg.vocab_size,), jnp.float32)
-        ).compile()
+        lowered: dict[Any, Any] = {
+            "insert": jax.jit(steps.insert, donate_argnames="state").lower(
+                s, _spec((), i32), _abstract(self._row_template())),
+            "decode": jax.jit(partial(steps.decode, **kw), donate_argnames=("cache", "state"))
+            .lower(p, c, s, _spec((b,), i32), _spec((b,), i32)),
+            "fork": jax.jit(partial(steps.fork, vocab_limit=self.vocab_limit),
+                            donate_argnames=("cache", "state")).lower(
+                c, s, _spec((), i32), _spec((m,), i32),
+                _spec((self.cfg.vocab_size,), jnp.float32)),
+        }
         prefill = jax.jit(partial(steps.prefill, **kw), donate_argnames=("cache", "state"))
         for rows, bucket in self.config.prefill_shapes():
-            if progress:
-                progress(f"prefill {rows}x{bucket}")
-            self._prefill[(rows, bucket)] = prefill.lower(
+            lowered[(rows, bucket)] = prefill.lower(
                 p, c, s, _spec((rows,), i32), _spec((rows, bucket), i32),
-                _spec((rows, bucket), i32), _spec((rows,), i32), _spec((rows,), jnp.bool_),
-            ).compile()
+                _spec((rows, bucket), i32), _spec((rows,), i32), _spec((rows,), jnp.bool_))
+
+        def compile_one(item: tuple[Any, Any]) -> tuple[Any, Any]:
+            key, low = item
+            if progress:
+                progress(f"compiling {key}")
+            return key, low.compile()
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            compiled = dict(pool.map(compile_one, lowered.items()))
+        self._insert, self._decode, self._fork = (compiled.pop(k)
+                                                  for k in ("insert", "decode", "fork"))
+        self._prefill = compiled
         self.compile_seconds = time.perf_counter() - start
         return self.compile_seconds
 

@@ -1,0 +1,136 @@
+"""Server settings: CLI flags, `GEMMA_SERVER_*` environment variables and a TOML/YAML file.
+
+Precedence: command line > environment > config file > defaults. Built once at the edge (the
+CLI) and passed inward as a frozen object; nothing reads settings at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from gemma_server.config import EngineConfig
+from gemma_server.errors import ConfigurationError
+
+StrList = Annotated[list[str], NoDecode]
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GEMMA_SERVER_", frozen=True, extra="forbid")
+
+    checkpoint: str | None = None
+    served_model_name: StrList = Field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    api_key: StrList = Field(default_factory=list)
+    api_key_file: str | None = None
+    max_batch_size: int = Field(8, ge=1, le=1024)
+    max_waiting: int = Field(128, ge=0)
+    max_input_length: int = Field(1512, ge=1)
+    max_total_tokens: int = Field(2048, ge=2)
+    max_batch_prefill_tokens: int = Field(2048, ge=32)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    compilation_cache_dir: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("served_model_name", "api_key", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        """Environment variables hold lists as comma-separated text (or a JSON list)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent_limits(self) -> ServerSettings:
+        if self.max_input_length >= self.max_total_tokens:
+            raise ValueError(
+                f"max_input_length ({self.max_input_length}) must be < max_total_tokens "
+                f"({self.max_total_tokens})")
+        return self
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            max_batch_size=self.max_batch_size, max_total_tokens=self.max_total_tokens,
+            max_input_length=self.max_input_length,
+            max_batch_prefill_tokens=self.max_batch_prefill_tokens,
+            max_waiting=self.max_waiting, compilation_cache_dir=self.compilation_cache_dir,
+        )
+
+    def api_keys(self) -> list[str]:
+        keys = list(self.api_key)
+        if self.api_key_file:
+            path = Path(self.api_key_file)
+            try:
+                keys += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            except OSError as exc:
+                raise ConfigurationError(f"api_key_file {path}: {exc.strerror}") from None
+        return keys
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A TOML or YAML file of settings; keys use the flag names with `_` or `-`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigurationError(f"config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"config file {path}: expected a table of settings")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def load_settings(cli: dict[str, Any], config_file: str | Path | None = None) -> ServerSettings:
+    """Merge the three sources; errors name the setting and the problem."""
+    file_values = read_config_file(config_file) if config_file else {}
+
+    class _Merged(ServerSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, env_settings, _FileSource(settings_cls, file_values)
+
+    from pydantic import ValidationError
+
+    try:
+        merged = _Merged(**{k: v for k, v in cli.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+            for e in exc.errors())
+        raise ConfigurationError(f"invalid settings: {problems}") from None
+    return ServerSettings.model_construct(**merged.model_dump())
