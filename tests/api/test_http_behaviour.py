@@ -132,3 +132,60 @@ def test_a_client_that_drops_a_non_streamed_request_cancels_it(server, service):
             asyncio.run(asyncio.sleep(0.01))
     stats = wait_idle(service)
     assert stats["decoding"] == 0 and stats["free_slots"] == 16
+
+
+def test_a_failure_after_the_headers_is_one_error_event_without_done(server, service,
+                                                                     monkeypatch):
+    real, calls = service.engine.executor.decode, {"n": 0}
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("device lost")
+        return real(*args)
+
+    monkeypatch.setattr(service.engine.executor, "decode", failing)
+    for path, body in ((CHAT, chat_body(max_tokens=20, ignore_eos=True, stream=True)),
+                       (f"/ai/run/{MODEL}", {"prompt": "Hi", "max_tokens": 20, "stream": True,
+                                            "temperature": 0})):
+        calls["n"] = 0
+        response = httpx.post(f"{server.url}{path}", json=body, timeout=60)
+        assert response.status_code == 200
+        events = [e for e in response.text.split("\n\n") if e.startswith("data: ")]
+        assert "[DONE]" not in response.text
+        assert "device lost" in events[-1] and "error" in json.loads(events[-1][6:])
+    assert wait_idle(service)["decoding"] == 0
+
+
+def test_overload_is_429_with_retry_after(tiny_dir):
+    """A one-slot, no-queue server: a second concurrent request is refused at once."""
+    from gemma_server.api import ServerState
+    from gemma_server.config import EngineConfig
+    from gemma_server.engine.engine import Engine
+    from gemma_server.loading import load_model
+    from gemma_server.service import ModelService
+    from tests.api.conftest import start_server
+
+    model = load_model(tiny_dir(MODEL), progress=False)
+    config = EngineConfig(max_batch_size=1, max_total_tokens=256, max_input_length=200,
+                          max_batch_prefill_tokens=32, prefill_buckets=(32,),
+                          prefill_batch_sizes=(1,), max_waiting=0)
+    engine = Engine(model.checkpoint.params, model.checkpoint.config, config)
+    engine.start()
+    service = ModelService(MODEL, model.tokenizer, engine, model.stop_ids)
+    running = start_server(ServerState(names=[MODEL], service=service, status="ready"))
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as client, client.stream(
+                "POST", CHAT, json=chat_body(max_tokens=200, ignore_eos=True,
+                                             stream=True)) as first:
+            next(first.iter_lines())  # the first request holds the only slot
+            for path, body in ((CHAT, chat_body(max_tokens=2)),
+                               (f"/ai/run/{MODEL}", {"prompt": "Hi", "max_tokens": 2})):
+                refused = client.post(path, json=body)
+                assert refused.status_code == 429 and refused.headers["retry-after"]
+                error = refused.json()
+                assert error["error"]["code"] == "overloaded" if path == CHAT else \
+                    error["errors"][0]["code"] == 3040
+    finally:
+        running.stop()
+        engine.stop()

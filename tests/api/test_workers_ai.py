@@ -83,12 +83,13 @@ INSIDE_OUTSIDE = [
 ]
 
 
+@pytest.mark.parametrize("route", [RUN, REST])
 @pytest.mark.parametrize("field, inside, outside", INSIDE_OUTSIDE)
-def test_schema_bounds(http, field, inside, outside):
+def test_schema_bounds(http, route, field, inside, outside):
     base = {"prompt": "Hi", "max_tokens": 2}
-    ok = post(http, RUN, {**base, field: inside})
+    ok = post(http, route, {**base, field: inside})
     assert ok.status_code == 200, ok.text
-    bad = post(http, RUN, {**base, field: outside})
+    bad = post(http, route, {**base, field: outside})
     assert bad.status_code == 400
     error = bad.json()
     assert error["success"] is False and error["result"] is None
