@@ -189,3 +189,11 @@ def test_overload_is_429_with_retry_after(tiny_dir):
     finally:
         running.stop()
         engine.stop()
+
+
+def test_openapi_document_and_docs_page(http):
+    document = http.get("/openapi.json")
+    assert document.status_code == 200 and "$defs" not in document.text
+    paths = document.json()["paths"]
+    assert {"/v1/chat/completions", "/ai/run/{model}", "/health"} <= set(paths)
+    assert http.get("/docs").status_code == 200

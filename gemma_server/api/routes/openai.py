@@ -23,6 +23,7 @@ from gemma_server.api.routes.common import (
     until_disconnected,
     usage_dict,
 )
+from gemma_server.api.schemas import inline_schema
 from gemma_server.api.schemas.openai import ChatCompletionRequest, CompletionRequest, Message
 from gemma_server.api.sse import DONE, encode, event_stream
 from gemma_server.errors import TemplateError
@@ -41,8 +42,7 @@ router = APIRouter(prefix="/v1", tags=["OpenAI"])
 
 
 def _body(schema: type[BaseModel]) -> dict[str, Any]:
-    return {"requestBody": {"content": {"application/json": {
-        "schema": schema.model_json_schema()}}}}
+    return {"requestBody": {"content": {"application/json": {"schema": inline_schema(schema)}}}}
 
 
 # --- models ------------------------------------------------------------------------------------

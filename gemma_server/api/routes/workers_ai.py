@@ -19,6 +19,7 @@ from gemma_server.api.routes.common import (
     usage_dict,
     validate,
 )
+from gemma_server.api.schemas import inline_schema
 from gemma_server.api.schemas.workers_ai import MessagesInput, PromptInput
 from gemma_server.api.sse import DONE, encode, event_stream
 from gemma_server.service import ChoiceEnd, GenerationOutput, ModelService, TextDelta, TextRequest
@@ -26,7 +27,7 @@ from gemma_server.tokenizer import ChatMessage
 
 router = APIRouter(tags=["Workers AI"])
 _BODY = {"requestBody": {"content": {"application/json": {"schema": {"oneOf": [
-    PromptInput.model_json_schema(), MessagesInput.model_json_schema()]}}}}}
+    inline_schema(PromptInput), inline_schema(MessagesInput)]}}}}}
 
 
 @router.post("/ai/run/{model:path}", openapi_extra=_BODY,
