@@ -23,6 +23,8 @@ class EngineConfig:
     prefill_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 1536, 2048)
     prefill_batch_sizes: tuple[int, ...] = (1, 4)
     compilation_cache_dir: str | None = None
+    max_loras: int = 0  # LoRA adapters servable at once; 0 compiles no LoRA code at all
+    max_lora_rank: int = 32
 
     def __post_init__(self) -> None:
         if self.max_input_length >= self.max_total_tokens:
@@ -32,6 +34,8 @@ class EngineConfig:
             )
         if self.max_batch_size < 1 or self.max_waiting < 0:
             raise ValueError("max_batch_size must be >= 1 and max_waiting >= 0")
+        if self.max_loras < 0 or self.max_lora_rank < 1:
+            raise ValueError("max_loras must be >= 0 and max_lora_rank >= 1")
         if self.max_batch_prefill_tokens < min(self.prefill_buckets):
             raise ValueError(
                 f"max_batch_prefill_tokens ({self.max_batch_prefill_tokens}) must be at least "

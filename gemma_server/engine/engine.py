@@ -22,7 +22,8 @@ from gemma_server.datatypes import FinishEvent, FinishReason, GenerationRequest,
 from gemma_server.engine.channel import Channel, RequestStream
 from gemma_server.engine.executor import Executor
 from gemma_server.engine.scheduler import Admitted, Choice, PrefillPlan, Scheduler
-from gemma_server.errors import EngineFailure, InvalidRequest
+from gemma_server.errors import EngineFailure, InvalidRequest, ModelNotFound
+from gemma_server.lora import AdapterRegistry, LoraAdapter
 from gemma_server.model.config import GemmaConfig
 from gemma_server.model.params import Params
 
@@ -35,6 +36,8 @@ class Engine:
         self.config = config
         self.executor = Executor(params, cfg, config, vocab_limit)
         self.scheduler = Scheduler(config)
+        self.adapters = AdapterRegistry(config.max_loras)
+        self._device = threading.Lock()  # one user of the device state at a time
         self._cond = threading.Condition()
         self._cancelled: set[tuple[str, int | None]] = set()  # (request id, choice or all)
         self._thread: threading.Thread | None = None
@@ -69,6 +72,9 @@ class Engine:
             raise EngineFailure("the engine is not running")
         if any(t >= self.executor.cfg.vocab_size for t in request.prompt_ids):
             raise InvalidRequest("the prompt holds token ids outside the model's vocabulary")
+        if request.adapter_id is not None and not 1 <= request.adapter_id <= \
+                self.config.max_loras:
+            raise InvalidRequest(f"adapter id {request.adapter_id} is not a LoRA row")
         channel = Channel(asyncio.get_running_loop())
         seed = request.sampling.seed
         if seed is None:
@@ -87,6 +93,34 @@ class Engine:
         with self._cond:
             self._cancelled.add((request_id, choice))
             self._cond.notify()
+
+    # --- LoRA adapters ------------------------------------------------------------------------
+
+    def load_adapter(self, adapter: LoraAdapter) -> int:
+        """Make an adapter servable; returns its row (the `adapter_id` requests use)."""
+        row = self.adapters.reserve(adapter.name, str(adapter.path))
+        try:
+            with self._device:
+                self.executor.set_adapter(row, adapter)
+        except BaseException:
+            self.adapters.release(adapter.name)
+            raise
+        return row
+
+    def unload_adapter(self, name: str) -> None:
+        """Free an adapter's row; refused while requests still use it."""
+        row = self.adapters.row(name)
+        if row is None:
+            raise ModelNotFound(f"no LoRA adapter named {name!r} is loaded")
+        self.adapters.release(name)  # new requests can no longer resolve the name
+        with self._cond:
+            users = sum(1 for a in self.scheduler.by_id.values() if a.request.adapter_id == row)
+            users += sum(1 for r, _, _ in self.scheduler.waiting if r.adapter_id == row)
+        if users:
+            self.adapters.reserve(name, str(row))
+            raise InvalidRequest(f"adapter {name!r} is in use by {users} request(s)")
+        with self._device:
+            self.executor.set_adapter(row, None)
 
     def stats(self) -> dict[str, int]:
         with self._cond:
@@ -107,12 +141,13 @@ class Engine:
                     self._apply_cancellations()
                     admitted = list(self.scheduler.admit())
                     plan = self.scheduler.plan_prefill()
-                for item in admitted:
-                    self._insert(item)
-                if plan is not None:
-                    self._prefill(plan)
-                if self.scheduler.decoding:
-                    self._decode()
+                with self._device:
+                    for item in admitted:
+                        self._insert(item)
+                    if plan is not None:
+                        self._prefill(plan)
+                    if self.scheduler.decoding:
+                        self._decode()
         except BaseException as exc:  # the loop itself broke: fail everyone, stay dead
             log.exception("engine loop died")
             self.failure = exc
@@ -153,7 +188,8 @@ class Engine:
         for index, slot in enumerate(admitted.slots):
             # Choice i of a seeded request draws from seed + i: reproducible, and distinct.
             seed = (admitted.seed + index) % 2**64
-            self.executor.insert(slot, admitted.request.sampling, seed)
+            self.executor.insert(slot, admitted.request.sampling, seed,
+                                 admitted.request.adapter_id or 0)
 
     def _prefill(self, plan: PrefillPlan) -> None:
         rows, bucket, slots_count = plan.rows, plan.bucket, self.executor.slots

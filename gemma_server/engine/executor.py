@@ -25,6 +25,9 @@ from gemma_server.config import EngineConfig
 from gemma_server.datatypes import MAX_LOGIT_BIAS, SamplingParams
 from gemma_server.engine import steps
 from gemma_server.engine.sampling import Sampled, SamplingRows
+from gemma_server.errors import ConfigurationError
+from gemma_server.lora.adapter import LoraAdapter
+from gemma_server.lora.stack import adapter_rows, empty_stacks
 from gemma_server.model.cache import KVCache, init_cache
 from gemma_server.model.config import GemmaConfig
 from gemma_server.model.forward import forward
@@ -70,7 +73,10 @@ class Executor:
         dtype = params["embed"].dtype
         self.cache = init_cache(cfg, self.slots, config.max_total_tokens, dtype)
         self.state = steps.init_state(self.slots, cfg.vocab_size)
+        self.lora = (empty_stacks(cfg, config.max_loras, config.max_lora_rank, dtype)
+                     if config.max_loras else None)
         self._prefill: dict[tuple[int, int], Any] = {}
+        self._set_adapter: Any = None
         self._decode: Any = None
         self._fork: Any = None
         self._insert: Any = None
@@ -88,22 +94,26 @@ class Executor:
         if self.config.compilation_cache_dir:
             jax.config.update("jax_compilation_cache_dir", self.config.compilation_cache_dir)
         p, c, s = _abstract(self.params), _abstract(self.cache), _abstract(self.state)
+        lo = _abstract(self.lora)
         i32, b, m = jnp.int32, self.slots, self.slots
         kw: dict[str, Any] = {"cfg": self.cfg, "vocab_limit": self.vocab_limit}
         lowered: dict[Any, Any] = {
             "insert": jax.jit(steps.insert, donate_argnames="state").lower(
                 s, _spec((), i32), _abstract(self._row_template())),
             "decode": jax.jit(partial(steps.decode, **kw), donate_argnames=("cache", "state"))
-            .lower(p, c, s, _spec((b,), i32), _spec((b,), i32)),
+            .lower(p, c, s, lo, _spec((b,), i32), _spec((b,), i32)),
             "fork": jax.jit(partial(steps.fork, vocab_limit=self.vocab_limit),
                             donate_argnames=("cache", "state")).lower(
                 c, s, _spec((), i32), _spec((m,), i32),
                 _spec((self.cfg.vocab_size,), jnp.float32)),
         }
+        if self.lora is not None:
+            lowered["set_adapter"] = jax.jit(steps.set_adapter, donate_argnames="stacks").lower(
+                lo, _spec((), i32), _abstract(jax.tree_util.tree_map(lambda a: a[0], self.lora)))
         prefill = jax.jit(partial(steps.prefill, **kw), donate_argnames=("cache", "state"))
         for rows, bucket in self.config.prefill_shapes():
             lowered[(rows, bucket)] = prefill.lower(
-                p, c, s, _spec((rows,), i32), _spec((rows, bucket), i32),
+                p, c, s, lo, _spec((rows,), i32), _spec((rows, bucket), i32),
                 _spec((rows, bucket), i32), _spec((rows,), i32), _spec((rows,), jnp.bool_))
 
         def compile_one(item: tuple[Any, Any]) -> tuple[Any, Any]:
@@ -116,6 +126,7 @@ class Executor:
             compiled = dict(pool.map(compile_one, lowered.items()))
         self._insert, self._decode, self._fork = (compiled.pop(k)
                                                   for k in ("insert", "decode", "fork"))
+        self._set_adapter = compiled.pop("set_adapter", None)
         self._prefill = compiled
         self.compile_seconds = time.perf_counter() - start
         return self.compile_seconds
@@ -126,8 +137,16 @@ class Executor:
 
     # --- steps ---------------------------------------------------------------------------------
 
-    def insert(self, slot: int, sampling: SamplingParams, seed: int) -> None:
-        """Install a request's sampling parameters and 64-bit seed into a slot."""
+    def set_adapter(self, row: int, adapter: LoraAdapter | None) -> None:
+        """Write an adapter into row `row` of the LoRA stacks (None: zeros, i.e. unload)."""
+        if self.lora is None or self._set_adapter is None:
+            raise ConfigurationError("LoRA adapters need max_loras >= 1 (--max-loras)")
+        rows = adapter_rows(adapter, self.cfg, self.config.max_lora_rank,
+                            self.params["embed"].dtype)
+        self.lora = self._set_adapter(self.lora, jnp.int32(row), rows)
+
+    def insert(self, slot: int, sampling: SamplingParams, seed: int, adapter: int = 0) -> None:
+        """Install a request's sampling parameters, 64-bit seed and LoRA row into a slot."""
         bias_ids = np.full((1, MAX_LOGIT_BIAS), self.cfg.vocab_size, np.int32)
         bias_values = np.zeros((1, MAX_LOGIT_BIAS), np.float32)
         for j, (token, bias) in enumerate(sampling.logit_bias):
@@ -146,6 +165,7 @@ class Executor:
             frequency_penalty=f32(sampling.frequency_penalty),
             presence_penalty=f32(sampling.presence_penalty),
             key_data=jnp.asarray([[seed >> 32, seed & 0xFFFFFFFF]], jnp.uint32),
+            adapter=jnp.asarray([adapter], jnp.int32),
             bias_ids=jnp.asarray(bias_ids), bias_values=jnp.asarray(bias_values),
         )
         self.state = self._insert(self.state, jnp.int32(slot), row)
@@ -165,7 +185,7 @@ class Executor:
                 last: np.ndarray, final: np.ndarray) -> tuple[dict[str, np.ndarray], jax.Array]:
         compiled = self._prefill[tokens.shape]
         drawn, logits, self.cache, self.state = compiled(
-            self.params, self.cache, self.state, slots, tokens, positions, last, final)
+            self.params, self.cache, self.state, self.lora, slots, tokens, positions, last, final)
         return _to_host(drawn), logits
 
     def fork(self, source: int, targets: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
@@ -175,7 +195,7 @@ class Executor:
 
     def decode(self, tokens: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
         drawn, self.cache, self.state = self._decode(
-            self.params, self.cache, self.state, tokens, positions)
+            self.params, self.cache, self.state, self.lora, tokens, positions)
         return _to_host(drawn)
 
     def prefill_shapes(self) -> list[tuple[int, int]]:

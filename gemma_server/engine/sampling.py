@@ -43,6 +43,7 @@ class SamplingRows:
     bias_values: jax.Array  # [R, MAX_LOGIT_BIAS] f32
     prompt_seen: jax.Array  # [R, V] bool
     counts: jax.Array  # [R, V] i32: generated-token counts
+    adapter: jax.Array  # [R] i32: LoRA stack row (0 = base model); not used by sampling
 
 
 @struct.dataclass

@@ -15,10 +15,17 @@ import jax.numpy as jnp
 
 from gemma_server.datatypes import MAX_LOGIT_BIAS
 from gemma_server.engine.sampling import Sampled, SamplingRows, record, sample
+from gemma_server.lora.stack import LayerStacks, LoraBatch
 from gemma_server.model.cache import KVCache
 from gemma_server.model.config import GemmaConfig
 from gemma_server.model.forward import forward
 from gemma_server.model.params import Params
+
+
+def set_adapter(stacks: tuple[LayerStacks, ...], row: jax.Array,
+                rows: tuple[LayerStacks, ...]) -> tuple[LayerStacks, ...]:
+    """Write one adapter (its A/B for every layer and target) into row `row` of the stacks."""
+    return jax.tree_util.tree_map(lambda s, a: s.at[row].set(a.astype(s.dtype)), stacks, rows)
 
 
 def init_state(slots: int, vocab: int) -> SamplingRows:
@@ -32,6 +39,7 @@ def init_state(slots: int, vocab: int) -> SamplingRows:
         bias_values=jnp.zeros((slots, MAX_LOGIT_BIAS), f32),
         prompt_seen=jnp.zeros((slots, vocab), jnp.bool_),
         counts=jnp.zeros((slots, vocab), i32),
+        adapter=jnp.zeros(slots, i32),
     )
 
 
@@ -58,6 +66,7 @@ def insert(state: SamplingRows, slot: jax.Array, row: SamplingRows) -> SamplingR
         bias_values=put(state.bias_values, row.bias_values),
         prompt_seen=state.prompt_seen.at[slot].set(False),
         counts=state.counts.at[slot].set(0),
+        adapter=put(state.adapter, row.adapter),
     )
 
 
@@ -69,8 +78,13 @@ def _scatter(tree: SamplingRows, rows: jax.Array, values: SamplingRows) -> Sampl
     return jax.tree_util.tree_map(lambda a, v: a.at[rows].set(v, mode="drop"), tree, values)
 
 
+def _lora(stacks: tuple[LayerStacks, ...] | None, ids: jax.Array) -> LoraBatch | None:
+    return None if stacks is None else LoraBatch(stacks, ids)
+
+
 def prefill(
     params: Params, cache: KVCache, state: SamplingRows,
+    lora: tuple[LayerStacks, ...] | None,
     slots: jax.Array,  # [P] slot of each row (padding rows: the slot count)
     tokens: jax.Array,  # [P, T]
     positions: jax.Array,  # [P, T], -1 for padding
@@ -84,7 +98,8 @@ def prefill(
     """
     rows_cache = KVCache(keys=tuple(k[slots] for k in cache.keys),
                          values=tuple(v[slots] for v in cache.values))
-    logits, written = forward(params, tokens, positions, rows_cache, cfg, logit_indices=last)
+    logits, written = forward(params, tokens, positions, rows_cache, cfg, logit_indices=last,
+                              lora=_lora(lora, state.adapter[slots]))
     assert written is not None
     cache = KVCache(
         keys=tuple(k.at[slots].set(r, mode="drop") for k, r in zip(cache.keys, written.keys,
@@ -125,6 +140,7 @@ def fork(
 
 def decode(
     params: Params, cache: KVCache, state: SamplingRows,
+    lora: tuple[LayerStacks, ...] | None,
     tokens: jax.Array,  # [S] each slot's last token
     positions: jax.Array,  # [S] its position; -1 for an inactive slot
     cfg: GemmaConfig, vocab_limit: int,
@@ -132,7 +148,8 @@ def decode(
     """One token for every active slot."""
     active = positions >= 0
     logits, new_cache = forward(params, tokens[:, None], positions[:, None], cache, cfg,
-                                logit_indices=jnp.zeros_like(tokens))
+                                logit_indices=jnp.zeros_like(tokens),
+                                lora=_lora(lora, state.adapter))
     assert new_cache is not None
     drawn = sample(logits, state, vocab_limit)
     return drawn, new_cache, record(state, drawn.tokens, active)

@@ -12,13 +12,16 @@ G = H / K queries per kv head, Hd head dim.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
 from gemma_server.model import cache as kv
 from gemma_server.model.cache import KVCache
 from gemma_server.model.config import GemmaConfig
-from gemma_server.model.layers import F32, dense, mlp, rms_norm, rope, soft_cap
+from gemma_server.lora.stack import LayerStacks, LoraBatch, lora_delta
+from gemma_server.model.layers import F32, dense, gelu_tanh, rms_norm, rope, soft_cap
 from gemma_server.model.params import Params
 
 _MASKED = -1e30  # finite: a query that sees nothing (padding) gets a uniform, not NaN, softmax
@@ -31,6 +34,7 @@ def forward(
     cache: KVCache | None,
     cfg: GemmaConfig,
     logit_indices: jax.Array | None = None,  # [B] int: only this token of each row
+    lora: LoraBatch | None = None,  # per-row LoRA adapters (stacks + row ids)
 ) -> tuple[jax.Array, KVCache | None]:
     """Logits in float32 and the cache with this chunk written.
 
@@ -46,7 +50,8 @@ def forward(
     new_values: list[jax.Array] = []
     for i, lp in enumerate(params["layers"]):
         layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
-        attn, written = _attention_block(lp, rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps),
+        proj = _projector(lp, None if lora is None else (lora.stacks[i], lora.ids))
+        attn, written = _attention_block(proj, lp, rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps),
                                          positions, layer_cache, cfg, i)
         if written is not None:
             new_keys.append(written[0])
@@ -54,7 +59,8 @@ def forward(
         if cfg.use_post_norms:
             attn = rms_norm(attn, lp["post_attn_norm"], cfg.rms_norm_eps)
         x = x + attn
-        h = mlp(rms_norm(x, lp["ffw_norm"], cfg.rms_norm_eps), lp["gate"], lp["up"], lp["down"])
+        h = rms_norm(x, lp["ffw_norm"], cfg.rms_norm_eps)
+        h = proj("down", gelu_tanh(proj("gate", h)) * proj("up", h))  # GeGLU
         if cfg.use_post_norms:
             h = rms_norm(h, lp["post_ffw_norm"], cfg.rms_norm_eps)
         x = x + h
@@ -76,7 +82,23 @@ def _head(params: Params, x: jax.Array) -> jax.Array:
     return jnp.einsum("btd,vd->btv", x, params["embed"], preferred_element_type=F32)
 
 
+Projector = Callable[[str, jax.Array], jax.Array]
+
+
+def _projector(lp: Params, lora: tuple[LayerStacks, jax.Array] | None) -> Projector:
+    """`proj(name, x)`: the layer's projection `name`, plus each row's LoRA delta if any."""
+
+    def proj(name: str, x: jax.Array) -> jax.Array:
+        y = dense(x, lp[name])
+        if lora is not None:
+            y = y + lora_delta(x, lora[0][name], lora[1])
+        return y
+
+    return proj
+
+
 def _attention_block(
+    proj: Projector,
     lp: Params,
     x: jax.Array,  # [B, T, D], already normalised
     positions: jax.Array,
@@ -86,9 +108,9 @@ def _attention_block(
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     b, t, _ = x.shape
     hd, k_heads = cfg.head_dim, cfg.num_kv_heads
-    q = dense(x, lp["q"]).reshape(b, t, cfg.num_heads, hd)
-    k = dense(x, lp["k"]).reshape(b, t, k_heads, hd)
-    v = dense(x, lp["v"]).reshape(b, t, k_heads, hd)
+    q = proj("q", x).reshape(b, t, cfg.num_heads, hd)
+    k = proj("k", x).reshape(b, t, k_heads, hd)
+    v = proj("v", x).reshape(b, t, k_heads, hd)
     if cfg.use_qk_norm:  # Gemma 3 normalises q and k per head, before RoPE
         q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
         k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
@@ -118,7 +140,7 @@ def _attention_block(
         written = (kv.write(layer_cache[0], k, positions), kv.write(layer_cache[1], v, positions))
     out = _attend(qg, parts, positions, window, cfg)
     out = out.astype(x.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.num_heads * hd)
-    return dense(out, lp["o"]), written
+    return proj("o", out), written
 
 
 def _attend(

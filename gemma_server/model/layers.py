@@ -32,11 +32,6 @@ def gelu_tanh(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=True)
 
 
-def mlp(x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
-    """GeGLU: down(gelu_tanh(gate(x)) * up(x))."""
-    return dense(gelu_tanh(dense(x, gate)) * dense(x, up), down)
-
-
 def rope(x: jax.Array, positions: jax.Array, theta: float, scale: float) -> jax.Array:
     """Rotate-half RoPE: dimension i turns with i + Hd/2 (never interleaved pairs).
 
