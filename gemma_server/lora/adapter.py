@@ -153,7 +153,7 @@ def _read_tensors(file: Path, cfg: GemmaConfig) -> dict[tuple[int, str], dict[st
     except Exception as exc:
         raise ConfigurationError(f"{file}: not a readable safetensors file ({exc})") from None
     with handle as f:
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
             stripped = next((key[len(p):] for p in _PREFIXES if key.startswith(p)), key)
             match = _TENSOR.match(stripped)
             if match is None:
