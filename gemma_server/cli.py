@@ -43,6 +43,13 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
     a("--max-batch-prefill-tokens", type=int, help="tokens per prefill step (default 2048)")
     a("--max-body-bytes", type=int, help="request body limit (default 4 MiB)")
     a("--compilation-cache-dir", help="JAX persistent compilation cache directory")
+    a("--lora", action="append", metavar="NAME=DIR", help="load a PEFT LoRA adapter; repeatable")
+    a("--lora-dir", help="load every adapter in this directory (one per subfolder)")
+    a("--max-loras", type=int, help="adapters servable at once (default: those given, +4 with "
+                                    "--allow-runtime-lora)")
+    a("--max-lora-rank", type=int, help="largest adapter rank accepted (default 32)")
+    a("--allow-runtime-lora", action="store_true", default=None,
+      help="enable /v1/load_lora_adapter and /v1/unload_lora_adapter (needs --api-key)")
     a("--log-level", choices=["debug", "info", "warning", "error"])
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import uvicorn
 
 from gemma_server.api import ServerState, create_app
-from gemma_server.demo import DEMO_NAME
+from gemma_server.demo import DEMO_NAME, demo_checkpoint_dir
 from gemma_server.errors import ConfigurationError
+from gemma_server.lora import LoraAdapter, load_adapter
 from gemma_server.model.checkpoint import resolve_checkpoint_dir, resolve_dtype
 from gemma_server.model.hf_config import load_hf_config
 from gemma_server.settings import ServerSettings
@@ -30,32 +31,41 @@ def served_names(settings: ServerSettings) -> list[str]:
     return [Path(settings.checkpoint.rstrip("/")).name]
 
 
-def preflight(settings: ServerSettings) -> None:
-    """Fail before listening on what can be checked cheaply: dtype, paths, config.json."""
+def preflight(settings: ServerSettings) -> list[LoraAdapter]:
+    """Fail before listening on what can be checked without the weights: dtype, paths,
+    config.json, limits, and every LoRA adapter (returned, loaded on the host)."""
     resolve_dtype(settings.dtype)
-    settings.engine_config()
-    if settings.checkpoint is not None:
-        path = resolve_checkpoint_dir(settings.checkpoint)
-        cfg = load_hf_config(path)
-        if settings.max_total_tokens > cfg.max_position_embeddings:
-            raise ConfigurationError(
-                f"max_total_tokens ({settings.max_total_tokens}) exceeds the model's "
-                f"max_position_embeddings ({cfg.max_position_embeddings})")
+    path = demo_checkpoint_dir() if settings.checkpoint is None else \
+        resolve_checkpoint_dir(settings.checkpoint)
+    cfg = load_hf_config(path)
+    if settings.max_total_tokens > cfg.max_position_embeddings:
+        raise ConfigurationError(
+            f"max_total_tokens ({settings.max_total_tokens}) exceeds the model's "
+            f"max_position_embeddings ({cfg.max_position_embeddings})")
+    adapters = [load_adapter(name, source, cfg, settings.max_lora_rank)
+                for name, source in settings.lora_sources()]
+    settings.engine_config(settings.lora_capacity(len(adapters)))
+    return adapters
 
 
-def load_into(state: ServerState, settings: ServerSettings) -> None:
-    """Load weights, start and warm the engine, then mark the server ready."""
+def load_into(state: ServerState, settings: ServerSettings,
+              adapters: list[LoraAdapter]) -> None:
+    """Load weights, start and warm the engine, load the adapters, then mark ready."""
     from gemma_server.engine.engine import Engine
     from gemma_server.loading import load_model
     from gemma_server.service import ModelService
 
     model = load_model(settings.checkpoint, settings.dtype)
     state.status = "warming"
-    engine = Engine(model.checkpoint.params, model.checkpoint.config, settings.engine_config(),
-                    vocab_limit=model.tokenizer.vocab_size)
+    capacity = settings.lora_capacity(len(adapters))
+    engine = Engine(model.checkpoint.params, model.checkpoint.config,
+                    settings.engine_config(capacity), vocab_limit=model.tokenizer.vocab_size)
     engine.start(progress=lambda shape: log.info("compiling %s", shape))
-    log.info("compiled %d shapes in %.1f s", len(engine.executor.prefill_shapes()) + 3,
-             engine.executor.compile_seconds)
+    log.info("compiled in %.1f s", engine.executor.compile_seconds)
+    for adapter in adapters:
+        engine.load_adapter(adapter)
+        log.info("LoRA adapter %s loaded from %s (rank %d)", adapter.name, adapter.path,
+                 adapter.rank)
     state.service = ModelService(state.names[0], model.tokenizer, engine, model.stop_ids)
     state.status = "ready"
 
@@ -63,15 +73,17 @@ def load_into(state: ServerState, settings: ServerSettings) -> None:
 def serve(settings: ServerSettings) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    preflight(settings)
+    adapters = preflight(settings)
     state = ServerState(names=served_names(settings), api_keys=settings.api_keys(),
-                        max_body_bytes=settings.max_body_bytes)
+                        max_body_bytes=settings.max_body_bytes,
+                        allow_runtime_lora=settings.allow_runtime_lora,
+                        max_lora_rank=settings.max_lora_rank)
     failed: list[BaseException] = []
 
     def start_loading(state: ServerState) -> None:
         def run() -> None:
             try:
-                load_into(state, settings)
+                load_into(state, settings, adapters)
                 log.info("ready: serving %s on http://%s:%d", ", ".join(state.names),
                          settings.host, settings.port)
             except BaseException as exc:

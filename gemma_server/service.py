@@ -68,6 +68,7 @@ class TextRequest:
     n: int = 1
     stop: tuple[str, ...] = ()
     logprobs: int | None = None
+    adapter_id: int | None = None  # LoRA row; None = the base model
     request_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -123,7 +124,7 @@ class ModelService:
             generation = GenerationRequest(
                 request_id=request.request_id, prompt_ids=request.prompt_ids,
                 max_new_tokens=max_new, stop_ids=self.stop_ids, sampling=request.sampling,
-                n=request.n, logprobs=request.logprobs,
+                n=request.n, logprobs=request.logprobs, adapter_id=request.adapter_id,
             )
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None

@@ -43,6 +43,11 @@ class ServerSettings(BaseSettings):
     max_batch_prefill_tokens: int = Field(2048, ge=32)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     compilation_cache_dir: str | None = None
+    lora: StrList = Field(default_factory=list)  # NAME=DIR
+    lora_dir: str | None = None
+    max_loras: int | None = Field(None, ge=0, le=256)
+    max_lora_rank: int = Field(32, ge=1, le=256)
+    allow_runtime_lora: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("served_model_name", "api_key", mode="before")
@@ -56,16 +61,48 @@ class ServerSettings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("lora")
+    @classmethod
+    def _lora_pairs(cls, value: list[str]) -> list[str]:
+        for item in value:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"--lora takes NAME=DIR, got {item!r}")
+        return value
+
     @model_validator(mode="after")
     def _consistent_limits(self) -> ServerSettings:
         if self.max_input_length >= self.max_total_tokens:
             raise ValueError(
                 f"max_input_length ({self.max_input_length}) must be < max_total_tokens "
                 f"({self.max_total_tokens})")
+        if self.allow_runtime_lora and not (self.api_key or self.api_key_file):
+            raise ValueError("allow_runtime_lora needs an API key: the adapter routes must be "
+                             "authenticated")
         return self
 
-    def engine_config(self) -> EngineConfig:
+    def lora_sources(self) -> list[tuple[str, str]]:
+        """(name, directory) of every adapter to load at start-up."""
+        pairs = [tuple(item.split("=", 1)) for item in self.lora]
+        if self.lora_dir:
+            root = Path(self.lora_dir)
+            if not root.is_dir():
+                raise ConfigurationError(f"lora_dir {root}: not a directory")
+            pairs += [(p.name, str(p)) for p in sorted(root.iterdir()) if p.is_dir()]
+        return [(name, path) for name, path in pairs]
+
+    def lora_capacity(self, adapters: int) -> int:
+        """Rows of the LoRA stacks: --max-loras, or the start-up adapters (+4 for runtime)."""
+        if self.max_loras is not None:
+            if self.max_loras < adapters:
+                raise ConfigurationError(
+                    f"{adapters} LoRA adapters were given but max_loras is {self.max_loras}")
+            return self.max_loras
+        return adapters + (4 if self.allow_runtime_lora else 0)
+
+    def engine_config(self, max_loras: int = 0) -> EngineConfig:
         return EngineConfig(
+            max_loras=max_loras, max_lora_rank=self.max_lora_rank,
             max_batch_size=self.max_batch_size, max_total_tokens=self.max_total_tokens,
             max_input_length=self.max_input_length,
             max_batch_prefill_tokens=self.max_batch_prefill_tokens,

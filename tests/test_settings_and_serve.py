@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -82,3 +83,30 @@ def test_serve_refuses_a_bad_checkpoint_before_listening(tmp_path):
                           str(tmp_path / "missing")], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 2 and "no such checkpoint directory" in run.stderr
+
+
+def test_lora_settings_are_checked():
+    with pytest.raises(ConfigurationError, match="NAME=DIR"):
+        load_settings({"lora": ["just-a-path"]})
+    with pytest.raises(ConfigurationError, match="needs an API key"):
+        load_settings({"allow_runtime_lora": True})
+    settings = load_settings({"lora": ["a=/x", "b=/y"], "allow_runtime_lora": True,
+                              "api_key": ["k"]})
+    assert settings.lora_sources() == [("a", "/x"), ("b", "/y")]
+    assert settings.lora_capacity(2) == 6
+    with pytest.raises(ConfigurationError, match="max_loras is 1"):
+        load_settings({"max_loras": 1}).lora_capacity(2)
+
+
+def test_serve_refuses_an_adapter_that_does_not_fit_the_model(tmp_path):
+    adapter = Path(__file__).parent / "goldens" / "lora" / "attn"  # made for tiny-gemma2
+    env = {**os.environ, "GEMMA_SERVER_CACHE": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "gemma_server.cli", "serve", "--lora",
+                          f"tuned={adapter}"], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert run.returncode == 2
+    assert "adapter_model.safetensors" in run.stderr and "do not fit" in run.stderr
+    bad_name = subprocess.run([sys.executable, "-m", "gemma_server.cli", "serve", "--lora",
+                               f"../x={adapter}"], capture_output=True, text=True, timeout=120,
+                              env=env)
+    assert bad_name.returncode == 2 and "is not allowed" in bad_name.stderr

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gemma_server import __version__
 from gemma_server.api.errors import ApiError, from_domain, render
-from gemma_server.api.routes import openai, workers_ai
+from gemma_server.api.routes import lora_admin, openai, workers_ai
 from gemma_server.api.state import ServerState
 from gemma_server.errors import GemmaServerError
 
@@ -44,6 +44,7 @@ def create_app(state: ServerState,
     app.state.server = state
     app.include_router(workers_ai.router)
     app.include_router(openai.router)
+    app.include_router(lora_admin.router)
     _install_health(app, state)
     _install_auth(app, state)
     _install_error_handlers(app)

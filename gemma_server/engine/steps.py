@@ -15,10 +15,10 @@ import jax.numpy as jnp
 
 from gemma_server.datatypes import MAX_LOGIT_BIAS
 from gemma_server.engine.sampling import Sampled, SamplingRows, record, sample
-from gemma_server.lora.stack import LayerStacks, LoraBatch
 from gemma_server.model.cache import KVCache
 from gemma_server.model.config import GemmaConfig
 from gemma_server.model.forward import forward
+from gemma_server.model.lora import LayerStacks, LoraBatch
 from gemma_server.model.params import Params
 
 

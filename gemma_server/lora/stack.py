@@ -7,24 +7,12 @@ adapter rewrites rows of the stacks without changing any compiled shape.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from gemma_server.lora.adapter import TARGETS, LoraAdapter, projection_shape
 from gemma_server.model.config import GemmaConfig
-
-# Per layer: target -> (A [N, in, R], B [N, R, out]); per adapter the same without N.
-LayerStacks = dict[str, tuple[jax.Array, jax.Array]]
-
-
-@struct.dataclass
-class LoraBatch:
-    """What the forward pass needs: the stacks, and which row of them each sequence uses."""
-
-    stacks: tuple[LayerStacks, ...]
-    ids: jax.Array  # [B] int32, 0 = base model
+from gemma_server.model.lora import LayerStacks
 
 
 def empty_stacks(cfg: GemmaConfig, capacity: int, rank: int, dtype: jnp.dtype) -> \
@@ -59,10 +47,3 @@ def adapter_rows(adapter: LoraAdapter | None, cfg: GemmaConfig, rank: int,
             rows[target] = (a.astype(np_dtype), b.astype(np_dtype))
         layers.append(rows)
     return tuple(layers)
-
-
-def lora_delta(x: jax.Array, stacks: tuple[jax.Array, jax.Array], ids: jax.Array) -> jax.Array:
-    """Per-row `x @ A[id] @ B[id]` for x [B, T, in]: gather + two batched matmuls."""
-    a, b = stacks[0][ids], stacks[1][ids]  # [B, in, R], [B, R, out]
-    xa = jnp.einsum("btd,bdr->btr", x, a, preferred_element_type=jnp.float32).astype(x.dtype)
-    return jnp.einsum("btr,bro->bto", xa, b, preferred_element_type=jnp.float32).astype(x.dtype)

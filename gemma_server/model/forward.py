@@ -17,11 +17,11 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from gemma_server.lora.stack import LayerStacks, LoraBatch, lora_delta
 from gemma_server.model import cache as kv
 from gemma_server.model.cache import KVCache
 from gemma_server.model.config import GemmaConfig
 from gemma_server.model.layers import F32, dense, gelu_tanh, rms_norm, rope, soft_cap
+from gemma_server.model.lora import LayerStacks, LoraBatch, lora_delta
 from gemma_server.model.params import Params
 
 _MASKED = -1e30  # finite: a query that sees nothing (padding) gets a uniform, not NaN, softmax

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from gemma_server.api import ServerState, create_app
 from gemma_server.config import EngineConfig
 from gemma_server.engine.engine import Engine
 from gemma_server.loading import load_model
+from gemma_server.lora import load_adapter
 from gemma_server.service import ModelService
 
 MODEL = "tiny-gemma2"
@@ -23,7 +25,10 @@ ALIAS = "@hf/google/gemma-7b-it"
 API_KEY = "sk-test-key"
 CONFIG = EngineConfig(max_batch_size=16, max_total_tokens=256, max_input_length=200,
                       max_batch_prefill_tokens=64, prefill_buckets=(16, 64),
-                      prefill_batch_sizes=(1, 4), max_waiting=32)
+                      prefill_batch_sizes=(1, 4), max_waiting=32, max_loras=3,
+                      max_lora_rank=8)
+LORA_DIR = Path(__file__).parents[1] / "goldens" / "lora"
+ADAPTERS = {"attn-lora": "attn", "all-lora": "all"}  # served name -> golden adapter
 
 
 @dataclasses.dataclass
@@ -65,6 +70,9 @@ def service(tiny_dir) -> Iterator[ModelService]:
     engine = Engine(model.checkpoint.params, model.checkpoint.config, CONFIG,
                     vocab_limit=model.tokenizer.vocab_size)
     engine.start()
+    for name, folder in ADAPTERS.items():
+        engine.load_adapter(load_adapter(name, LORA_DIR / folder, model.checkpoint.config,
+                                         max_rank=8))
     yield ModelService(MODEL, model.tokenizer, engine, model.stop_ids)
     engine.stop()
 
@@ -81,7 +89,7 @@ def server(service) -> Iterator[RunningServer]:
 @pytest.fixture(scope="session")
 def secured(service) -> Iterator[RunningServer]:
     state = ServerState(names=[MODEL], api_keys=[API_KEY, "second-key"], service=service,
-                        status="ready")
+                        status="ready", allow_runtime_lora=True, max_lora_rank=8)
     running = start_server(state)
     yield running
     running.stop()

@@ -93,8 +93,10 @@ def test_completions_stream_and_not(client):
 
 
 def test_models_list_and_retrieve_with_slashes(client):
-    ids = [m.id for m in client.models.list()]
-    assert ids == [MODEL, ALIAS]
+    models = {m.id: m for m in client.models.list()}
+    assert list(models) == [MODEL, ALIAS, "attn-lora", "all-lora"]
+    assert models["attn-lora"].model_extra["parent"] == MODEL
+    assert models[MODEL].model_extra["parent"] is None
     assert client.models.retrieve(ALIAS).id == ALIAS
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")

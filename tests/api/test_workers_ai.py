@@ -132,7 +132,8 @@ def test_unknown_model_and_lora(http):
     assert unknown.status_code == 400
     assert unknown.json()["errors"][0]["code"] == 5007
     lora = post(http, RUN, {"prompt": "Hi", "lora": "my-finetune"})
-    assert lora.status_code == 405 and lora.json()["errors"][0]["code"] == 5005
+    assert lora.status_code == 400 and lora.json()["errors"][0]["code"] == 5007
+    assert "No such LoRA adapter my-finetune" in lora.json()["errors"][0]["message"]
 
 
 def test_token_limits_use_tgi_wording(http):

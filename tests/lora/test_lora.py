@@ -18,8 +18,9 @@ from gemma_server.datatypes import GenerationRequest, SamplingParams, TokenEvent
 from gemma_server.engine.engine import Engine
 from gemma_server.errors import ConfigurationError
 from gemma_server.lora import load_adapter
-from gemma_server.lora.stack import LoraBatch, adapter_rows, empty_stacks
+from gemma_server.lora.stack import adapter_rows, empty_stacks
 from gemma_server.model.forward import forward
+from gemma_server.model.lora import LoraBatch
 
 LORA = Path(__file__).parents[1] / "goldens" / "lora"
 NAMES = ["attn", "all", "rslora"]

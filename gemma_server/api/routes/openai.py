@@ -50,20 +50,27 @@ def _body(schema: type[BaseModel]) -> dict[str, Any]:
 @router.get("/models", summary="List the served models")
 async def list_models(request: Request) -> dict[str, Any]:
     state = state_of(request)
-    return {"object": "list", "data": [_model_card(request, name) for name in state.names]}
+    names = state.names + state.adapter_names()
+    return {"object": "list", "data": [_model_card(request, name) for name in names]}
 
 
 @router.get("/models/{model:path}", summary="Describe one served model")
 async def get_model(model: str, request: Request) -> dict[str, Any]:
-    if model not in state_of(request).names:
+    state = state_of(request)
+    if model not in state.names and model not in state.adapter_names():
         raise ApiError(404, f"The model `{model}` does not exist.", "model", "model_not_found")
     return _model_card(request, model)
 
 
 def _model_card(request: Request, name: str) -> dict[str, Any]:
     state = state_of(request)
+    base = state.names[0]
+    adapter = name not in state.names
     card: dict[str, Any] = {"id": name, "object": "model", "created": state.created,
-                            "owned_by": "gemma_server", "root": state.names[0], "parent": None}
+                            "owned_by": "gemma_server", "parent": base if adapter else None,
+                            "root": base}
+    if adapter and state.service is not None:
+        card["root"] = state.service.engine.adapters.path(name)
     if state.service is not None:
         card["max_model_len"] = state.service.max_total_tokens
     return card
@@ -75,12 +82,13 @@ def _model_card(request: Request, name: str) -> dict[str, Any]:
              summary="Create a chat completion")
 async def chat_completions(request: Request) -> Any:
     req = await parse(request, ChatCompletionRequest)
-    service = state_of(request).resolve(req.model)
+    state = state_of(request)
+    service = state.resolve(req.model)
     prompt = _chat_prompt(service, req.messages)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     output = service.submit(TextRequest(
         prompt, req.max_completion_tokens or req.max_tokens, _sampling(req), req.n,
-        req.stop_list(), logprobs))
+        req.stop_list(), logprobs, adapter_id=state.adapter(req.model)))
     ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     head = {"id": ident, "created": created, "model": req.model, "system_fingerprint": None}
     if req.stream:
@@ -157,12 +165,14 @@ async def _chat_events(output: GenerationOutput, head: dict[str, Any], n: int,
              summary="Create a completion")
 async def completions(request: Request) -> Any:
     req = await parse(request, CompletionRequest)
-    service = state_of(request).resolve(req.model)
+    state = state_of(request)
+    service = state.resolve(req.model)
+    adapter = state.adapter(req.model)
     outputs: list[GenerationOutput] = []
     texts: list[str] = []
     try:
         for prompt in req.prompts():
-            text, output = _submit_prompt(service, req, prompt)
+            text, output = _submit_prompt(service, req, prompt, adapter)
             texts.append(text)
             outputs.append(output)
     except BaseException:
@@ -197,8 +207,8 @@ async def completions(request: Request) -> Any:
     return JSONResponse({**head, "choices": choices, "usage": usage_dict(usage)})
 
 
-def _submit_prompt(service: ModelService, req: CompletionRequest,
-                   prompt: str | list[int]) -> tuple[str, GenerationOutput]:
+def _submit_prompt(service: ModelService, req: CompletionRequest, prompt: str | list[int],
+                   adapter: int | None) -> tuple[str, GenerationOutput]:
     """A completion prompt is raw text (one BOS, no template) or token ids."""
     if isinstance(prompt, str):
         ids, text = service.prompt_from_text(prompt, raw=True), prompt
@@ -208,7 +218,7 @@ def _submit_prompt(service: ModelService, req: CompletionRequest,
                            "prompt")
         ids, text = tuple(prompt), service.tokenizer.decode(list(prompt))
     output = service.submit(TextRequest(ids, req.max_tokens, _sampling(req), req.n,
-                                        req.stop_list(), req.logprobs))
+                                        req.stop_list(), req.logprobs, adapter_id=adapter))
     return text, output
 
 

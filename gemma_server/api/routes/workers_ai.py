@@ -69,13 +69,11 @@ async def _run(model: str, request: Request, envelope: bool) -> Any:
     state = state_of(request)
     req = _parse(await read_json_object(request, state.max_body_bytes))
     service = state.resolve(model, workers_ai=True)
-    if req.lora is not None:
-        raise ApiError(405, f"The model `{model}` does not support LoRa inference", "lora",
-                       "lora_unsupported", 5005)
+    adapter = state.adapter(req.lora, workers_ai=True)
     params = sampling(req.temperature, req.top_p, req.top_k, req.repetition_penalty,
                       req.frequency_penalty, req.presence_penalty, req.seed)
     output = service.submit(TextRequest(_prompt_ids(service, req), req.max_tokens, params,
-                                        stop=req.stop_list()))
+                                        stop=req.stop_list(), adapter_id=adapter))
     if req.stream:
         return event_stream(_events(output))
     result = await until_disconnected(request, collect(output, 1), output.cancel)
