@@ -7,12 +7,17 @@
 `../shared/spec/performance.md`: hidden 1024, 12 layers, 8 heads / 2 kv heads, head_dim 128,
 intermediate 3072, vocab 32000. Prompts are random token ids; decoding ignores stop tokens.
 Numbers are medians of a few repetitions; run on a quiet machine.
+
+`--lora 8` instead measures multi-LoRA decoding: 8 random rank-16 adapters on all projections
+are loaded, and a batch of 8 requests each with its own adapter is timed against a batch of 8
+base-model requests on the same engine (and the ratio printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import statistics
 import time
@@ -24,7 +29,9 @@ from gemma_server.config import EngineConfig
 from gemma_server.datatypes import GenerationRequest, SamplingParams, TokenEvent
 from gemma_server.demo import cache_root
 from gemma_server.engine.engine import Engine
+from gemma_server.lora.adapter import TARGETS, LoraAdapter, projection_shape
 from gemma_server.model.checkpoint import load_checkpoint
+from gemma_server.model.config import GemmaConfig
 from gemma_server.model.hf_config import config_from_hf_dict
 from gemma_server.model.synthetic import GEMMA2_LAYOUT_TOKENIZER, SyntheticSpec, write_checkpoint
 from gemma_server.model.tiny import TINY_GEMMA2
@@ -83,6 +90,20 @@ class Bench:
             rates.append(batch * (new - 1) / (last - first))
         return statistics.median(rates)
 
+    async def decode_adapters(self, adapters: list[int | None], new: int = 48,
+                              reps: int = 2) -> float:
+        """Aggregate decode tok/s of one request per entry (a LoRA row, or None = base)."""
+        rates = []
+        for _ in range(reps):
+            requests = []
+            for adapter in adapters:
+                req = self.request(16, new)
+                requests.append(dataclasses.replace(req, adapter_id=adapter))
+            runs = await asyncio.gather(*[self.timed(r) for r in requests])
+            first, last = max(r[0] for r in runs), max(r[-1] for r in runs)
+            rates.append(len(adapters) * (new - 1) / (last - first))
+        return statistics.median(rates)
+
     async def throughput(self, requests: int = 32, prompt: int = 128, new: int = 64) -> float:
         start = time.perf_counter()
         await asyncio.gather(*[self.timed(self.request(prompt, new)) for _ in range(requests)])
@@ -98,26 +119,56 @@ async def measure(bench: Bench, max_batch: int) -> dict[str, float]:
     return out
 
 
+def random_adapters(cfg: GemmaConfig, count: int, rank: int = 16) -> list[LoraAdapter]:
+    rng = np.random.default_rng(1)
+    adapters = []
+    for i in range(count):
+        weights = {}
+        for layer in range(cfg.num_layers):
+            for target in TARGETS:
+                fan_in, fan_out = projection_shape(cfg, target)
+                weights[(layer, target)] = (
+                    rng.standard_normal((fan_in, rank), np.float32) * 0.01,
+                    rng.standard_normal((rank, fan_out), np.float32) * 0.01)
+        adapters.append(LoraAdapter(f"bench{i}", Path("."), rank, weights))
+    return adapters
+
+
+async def measure_lora(bench: Bench, rows: list[int]) -> dict[str, float]:
+    base = await bench.decode_adapters([None] * len(rows))
+    tuned = await bench.decode_adapters(list(rows))
+    return {f"decode_b{len(rows)}_base_tok_s": base,
+            f"decode_b{len(rows)}_{len(rows)}_adapters_tok_s": tuned,
+            "adapters_over_base": tuned / base}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="bench-150m")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--lora", type=int, default=0, metavar="N",
+                        help="measure N requests with N different adapters vs N base requests")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     ckpt = load_checkpoint(checkpoint_dir(args), dtype=args.dtype, progress=False)
     config = EngineConfig(max_batch_size=args.max_batch_size, max_total_tokens=2048,
-                          max_input_length=1600, max_batch_prefill_tokens=2048)
+                          max_input_length=1600, max_batch_prefill_tokens=2048,
+                          max_loras=args.lora, max_lora_rank=16)
     engine = Engine(ckpt.params, ckpt.config, config)
     engine.start()
+    rows = [engine.load_adapter(a) for a in random_adapters(ckpt.config, args.lora)]
     results = {"checkpoint": str(ckpt.path), "dtype": args.dtype,
                "params": ckpt.config.num_params(),
                "compile_s": engine.executor.compile_seconds,
                "compiled_prefill_shapes": len(engine.executor.prefill_shapes())}
     try:
-        results.update(asyncio.run(measure(Bench(engine, ckpt.config.vocab_size),
-                                           args.max_batch_size)))
+        bench = Bench(engine, ckpt.config.vocab_size)
+        if rows:
+            results.update(asyncio.run(measure_lora(bench, rows)))
+        else:
+            results.update(asyncio.run(measure(bench, args.max_batch_size)))
     finally:
         engine.stop()
     width = max(len(k) for k in results)
