@@ -48,7 +48,7 @@ def test_workers_ai_lora_field_in_both_branches(http):
     assert run({"prompt": "Hello", "max_tokens": 10, "temperature": 0}) != text
 
 
-def test_runtime_load_use_and_unload(secured):
+def test_runtime_load_use_and_unload(secured, service):
     auth = {"Authorization": f"Bearer {API_KEY}"}
     url = secured.url
     assert httpx.post(f"{url}/v1/load_lora_adapter", json={
@@ -62,6 +62,8 @@ def test_runtime_load_use_and_unload(secured):
         "model": "rs", "prompt": golden("rslora")["ids_1"].tolist(), "max_tokens": 8,
         "temperature": 0, "ignore_eos": True})
     assert reply.status_code == 200
+    expected = service.tokenizer.decode(golden("rslora")["greedy_1"].tolist())
+    assert reply.json()["choices"][0]["text"] == expected  # rsLoRA + patterns, as PEFT
     again = httpx.post(f"{url}/v1/load_lora_adapter", headers=auth, json={
         "lora_name": "rs", "lora_path": str(LORA_DIR / "rslora")})
     assert again.status_code == 400 and "already loaded" in again.text
