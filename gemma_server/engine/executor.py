@@ -75,9 +75,12 @@ class Executor:
         self.state = steps.init_state(self.slots, cfg.vocab_size)
         self.lora = (empty_stacks(cfg, config.max_loras, config.max_lora_rank, dtype)
                      if config.max_loras else None)
+        # XLA:CPU's bfloat16 matmuls are several times slower with fewer than 8 rows than
+        # with 8, so bfloat16 decode steps always carry at least 8 (possibly idle) slots.
+        self.min_decode_rows = 8 if dtype == jnp.bfloat16 else 1
         self._prefill: dict[tuple[int, int], Any] = {}
         self._set_adapter: Any = None
-        self._decode: Any = None
+        self._decode: dict[tuple[int, int], Any] = {}
         self._fork: Any = None
         self._insert: Any = None
         self.compile_seconds = 0.0
@@ -95,13 +98,15 @@ class Executor:
             jax.config.update("jax_compilation_cache_dir", self.config.compilation_cache_dir)
         p, c, s = _abstract(self.params), _abstract(self.cache), _abstract(self.state)
         lo = _abstract(self.lora)
-        i32, b, m = jnp.int32, self.slots, self.slots
+        i32, m = jnp.int32, self.slots
         kw: dict[str, Any] = {"cfg": self.cfg, "vocab_limit": self.vocab_limit}
         lowered: dict[Any, Any] = {
             "insert": jax.jit(steps.insert, donate_argnames="state").lower(
                 s, _spec((), i32), _abstract(self._row_template())),
-            "decode": jax.jit(partial(steps.decode, **kw), donate_argnames=("cache", "state"))
-            .lower(p, c, s, lo, _spec((b,), i32), _spec((b,), i32)),
+            **{("decode", rows, n): jax.jit(partial(steps.decode, attend_len=n, **kw),
+                                            donate_argnames=("cache", "state"))
+               .lower(p, c, s, lo, _spec((rows,), i32), _spec((rows,), i32))
+               for rows, n in self.config.decode_shapes(self.min_decode_rows)},
             "fork": jax.jit(partial(steps.fork, vocab_limit=self.vocab_limit),
                             donate_argnames=("cache", "state")).lower(
                 c, s, _spec((), i32), _spec((m,), i32),
@@ -124,8 +129,9 @@ class Executor:
 
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             compiled = dict(pool.map(compile_one, lowered.items()))
-        self._insert, self._decode, self._fork = (compiled.pop(k)
-                                                  for k in ("insert", "decode", "fork"))
+        self._insert, self._fork = compiled.pop("insert"), compiled.pop("fork")
+        self._decode = {shape: compiled.pop(("decode", *shape))
+                        for shape in self.config.decode_shapes(self.min_decode_rows)}
         self._set_adapter = compiled.pop("set_adapter", None)
         self._prefill = compiled
         self.compile_seconds = time.perf_counter() - start
@@ -194,8 +200,15 @@ class Executor:
         return _to_host(drawn)
 
     def decode(self, tokens: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
-        drawn, self.cache, self.state = self._decode(
-            self.params, self.cache, self.state, self.lora, tokens, positions)
+        """One step over the fewest leading slots that hold every active one, attending over
+        the shortest cache prefix that holds every position (both from compiled buckets)."""
+        active = np.flatnonzero(positions >= 0)
+        rows = next(r for r in self.config.slot_buckets(self.min_decode_rows)
+                    if r > active.max())
+        needed = int(positions.max()) + 1
+        length = next(n for n in self.config.attention_buckets if n >= needed)
+        drawn, self.cache, self.state = self._decode[(rows, length)](
+            self.params, self.cache, self.state, self.lora, tokens[:rows], positions[:rows])
         return _to_host(drawn)
 
     def prefill_shapes(self) -> list[tuple[int, int]]:

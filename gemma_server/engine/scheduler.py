@@ -100,6 +100,7 @@ class Scheduler:
         """Move waiting requests, in order, into free slots while enough are free."""
         while self.waiting and len(self.free_slots) >= self.waiting[0][0].n:
             request, sink, seed = self.waiting.popleft()
+            self.free_slots.sort()  # lowest slots first: decode runs on the leading slots only
             slots = [self.free_slots.pop(0) for _ in range(request.n)]
             admitted = Admitted(request, sink, seed, slots)
             self.prefilling.append(admitted)

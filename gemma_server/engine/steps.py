@@ -143,13 +143,18 @@ def decode(
     lora: tuple[LayerStacks, ...] | None,
     tokens: jax.Array,  # [S] each slot's last token
     positions: jax.Array,  # [S] its position; -1 for an inactive slot
-    cfg: GemmaConfig, vocab_limit: int,
+    cfg: GemmaConfig, vocab_limit: int, attend_len: int | None = None,
 ) -> tuple[Sampled, KVCache, SamplingRows]:
-    """One token for every active slot."""
+    """One token for each of the first n slots (n = len(tokens), the active ones among the
+    leading slots; the scheduler fills low slots first), all positions below `attend_len`."""
+    n = tokens.shape[0]
     active = positions >= 0
+    rows = jax.tree_util.tree_map(lambda a: a[:n], state)
     logits, new_cache = forward(params, tokens[:, None], positions[:, None], cache, cfg,
                                 logit_indices=jnp.zeros_like(tokens),
-                                lora=_lora(lora, state.adapter))
+                                lora=_lora(lora, rows.adapter), attend_len=attend_len)
     assert new_cache is not None
-    drawn = sample(logits, state, vocab_limit)
-    return drawn, new_cache, record(state, drawn.tokens, active)
+    drawn = sample(logits, rows, vocab_limit)
+    rows = record(rows, drawn.tokens, active)
+    state = jax.tree_util.tree_map(lambda a, r: a.at[:n].set(r), state, rows)
+    return drawn, new_cache, state

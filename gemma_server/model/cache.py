@@ -32,15 +32,30 @@ class KVCache:
         return int(self.keys[0].shape[0])
 
 
+def storage_dtype(dtype: jnp.dtype) -> jnp.dtype:
+    """bfloat16 entries are stored as their uint16 bits: XLA:CPU widens a bfloat16 scatter to
+    float32, copying the whole cache twice per decode step, but updates uint16 in place
+    (24 layers of an 8 x 2048 cache: 118 ms -> 4 ms per step, reads included)."""
+    return jnp.dtype(jnp.uint16) if jnp.dtype(dtype) == jnp.bfloat16 else jnp.dtype(dtype)
+
+
+def read(entries: jax.Array) -> jax.Array:
+    """Cache entries in the compute dtype (a free bitcast for uint16-stored bfloat16)."""
+    if entries.dtype == jnp.uint16:
+        return jax.lax.bitcast_convert_type(entries, jnp.bfloat16)
+    return entries
+
+
 def init_cache(cfg: GemmaConfig, batch: int, max_len: int, dtype: jnp.dtype) -> KVCache:
     """A zeroed cache for `batch` sequences of up to `max_len` tokens each."""
     shapes = [
         (batch, cfg.num_kv_heads, cfg.cache_length(i, max_len), cfg.head_dim)
         for i in range(cfg.num_layers)
     ]
+    stored = storage_dtype(dtype)
     return KVCache(
-        keys=tuple(jnp.zeros(s, dtype) for s in shapes),
-        values=tuple(jnp.zeros(s, dtype) for s in shapes),
+        keys=tuple(jnp.zeros(s, stored) for s in shapes),
+        values=tuple(jnp.zeros(s, stored) for s in shapes),
     )
 
 
@@ -74,5 +89,7 @@ def write(cache_layer: jax.Array, new: jax.Array, positions: jax.Array) -> jax.A
     index = jnp.where(keep, jnp.remainder(positions, size), size)  # `size` is out of bounds
     rows = jnp.arange(positions.shape[0])[:, None, None]
     heads = jnp.arange(cache_layer.shape[1])[None, :, None]
-    return cache_layer.at[rows, heads, index[:, None, :]].set(
-        new.astype(cache_layer.dtype), mode="drop")
+    if cache_layer.dtype == jnp.uint16:  # bfloat16 stored as bits, see storage_dtype
+        new = jax.lax.bitcast_convert_type(new.astype(jnp.bfloat16), jnp.uint16)
+    return cache_layer.at[rows, heads, index[:, None, :]].set(new.astype(cache_layer.dtype),
+                                                              mode="drop")

@@ -35,8 +35,12 @@ def forward(
     cfg: GemmaConfig,
     logit_indices: jax.Array | None = None,  # [B] int: only this token of each row
     lora: LoraBatch | None = None,  # per-row LoRA adapters (stacks + row ids)
+    attend_len: int | None = None,  # static: every position of this call is below it
 ) -> tuple[jax.Array, KVCache | None]:
     """Logits in float32 and the cache with this chunk written.
+
+    With `attend_len`, decode reads only the first `attend_len` cache entries: a short
+    conversation then costs attention over its own length, not over `max_len`.
 
     Logits are [B, T, V] for every token, or [B, V] for one token per row when
     `logit_indices` is given: a prefill needs only its last position, and the output head
@@ -52,7 +56,7 @@ def forward(
         layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
         proj = _projector(lp, None if lora is None else (lora.stacks[i], lora.ids))
         attn, written = _attention_block(proj, lp, rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps),
-                                         positions, layer_cache, cfg, i)
+                                         positions, layer_cache, cfg, i, attend_len)
         if written is not None:
             new_keys.append(written[0])
             new_values.append(written[1])
@@ -105,6 +109,7 @@ def _attention_block(
     layer_cache: tuple[jax.Array, jax.Array] | None,
     cfg: GemmaConfig,
     layer: int,
+    attend_len: int | None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     b, t, _ = x.shape
     hd, k_heads = cfg.head_dim, cfg.num_kv_heads
@@ -130,13 +135,18 @@ def _attention_block(
         # after would force XLA to copy the whole cache every step instead of updating it in
         # place. Safe for ring buffers: the entry overwritten is one the query cannot see.
         written = (kv.write(layer_cache[0], k, positions), kv.write(layer_cache[1], v, positions))
-        held = kv.entry_positions(kv.row_starts(positions) + 1, written[0].shape[2])
-        parts = [(written[0], written[1], held)]
+        size = written[0].shape[2]
+        # Entries at or past attend_len are empty (positions are below it), unless this is a
+        # ring buffer no longer than attend_len, which is read whole.
+        n = size if attend_len is None else min(size, attend_len)
+        held = kv.entry_positions(kv.row_starts(positions) + 1, size)[:, :n]
+        # The cache may hold more rows than this call has: rows [0, b) are this call's.
+        parts = [(kv.read(written[0][:b, :, :n]), kv.read(written[1][:b, :, :n]), held)]
     else:
         # Prefill chunk: earlier cache entries plus the chunk itself, then write the chunk (a
         # ring buffer shorter than the chunk would otherwise lose keys the chunk still needs).
         held = kv.entry_positions(kv.row_starts(positions), layer_cache[0].shape[2])
-        parts = [(layer_cache[0], layer_cache[1], held), (k, v, positions)]
+        parts = [(kv.read(layer_cache[0]), kv.read(layer_cache[1]), held), (k, v, positions)]
         written = (kv.write(layer_cache[0], k, positions), kv.write(layer_cache[1], v, positions))
     out = _attend(qg, parts, positions, window, cfg)
     out = out.astype(x.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.num_heads * hd)

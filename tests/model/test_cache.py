@@ -8,6 +8,7 @@ import pytest
 
 from gemma_server.engine.executor import forward_step, full_forward
 from gemma_server.model.cache import entry_positions, init_cache
+from gemma_server.model.forward import forward
 from tests.conftest import ARCHS, golden
 
 TOLERANCE = 1e-4
@@ -107,3 +108,20 @@ def test_forward_is_pure(tiny_model):
     model = tiny_model("tiny-gemma3")
     ids = _prompt("tiny-gemma3")
     np.testing.assert_array_equal(_full_logits(model, ids), _full_logits(model, ids))
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_decode_reading_a_cache_prefix_equals_reading_all_of_it(name, tiny_model):
+    """attend_len: a decode step reads only the entries that can hold positions."""
+    import jax
+
+    model = tiny_model(name)
+    ids = _prompt(name)[:20]
+    cache = init_cache(model.config, 1, 64, jnp.float32)
+    _, cache = forward_step(model.params, jnp.asarray(ids)[None], jnp.arange(20)[None], cache,
+                            model.config)
+    step = jax.jit(forward, static_argnames=("cfg", "attend_len"))
+    token, position = jnp.asarray([[ids[-1]]]), jnp.asarray([[20]])
+    full, _ = step(model.params, token, position, cache, model.config)
+    short, _ = step(model.params, token, position, cache, model.config, attend_len=32)
+    np.testing.assert_allclose(np.asarray(short), np.asarray(full), atol=1e-5, rtol=0)
