@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
@@ -64,3 +65,19 @@ def _private_demo_cache(tmp_path_factory: pytest.TempPathFactory,
                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never write the demo model into the user's real cache."""
     monkeypatch.setenv("GEMMA_SERVER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@contextmanager
+def backend_compilations() -> Iterator[list[str]]:
+    """Collects the XLA backend compilations that happen inside the block."""
+    compiles: list[str] = []
+
+    def listener(event: str, duration: float, **kwargs: object) -> None:
+        if "backend_compile" in event:
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiles
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-import jax
 import numpy as np
 import pytest
 
@@ -18,7 +17,7 @@ from gemma_server.datatypes import (
 )
 from gemma_server.engine.engine import Engine
 from gemma_server.errors import ContextTooLong, InvalidRequest, Overloaded
-from tests.conftest import golden
+from tests.conftest import backend_compilations, golden
 
 NAME = "tiny-gemma2"
 CONFIG = EngineConfig(max_batch_size=8, max_total_tokens=256, max_input_length=200,
@@ -152,14 +151,7 @@ def test_stop_ids_end_a_choice_without_emitting_the_stop_token(engine):
 
 
 def test_no_compilation_after_warm_up(engine):
-    compiles = []
-
-    def listener(event: str, duration: float, **kwargs) -> None:
-        if "backend_compile" in event:
-            compiles.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with backend_compilations() as compiles:
         async def mixed():
             long_prompt, chat, short = prompts()
             work = [
@@ -172,8 +164,6 @@ def test_no_compilation_after_warm_up(engine):
             await asyncio.gather(*[collect(engine, r, 0.01 * i) for i, r in enumerate(work)])
 
         run(mixed())
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []
 
 

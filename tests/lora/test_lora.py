@@ -21,6 +21,7 @@ from gemma_server.lora import load_adapter
 from gemma_server.lora.stack import adapter_rows, empty_stacks
 from gemma_server.model.forward import forward
 from gemma_server.model.lora import LoraBatch
+from tests.conftest import backend_compilations
 
 LORA = Path(__file__).parents[1] / "goldens" / "lora"
 NAMES = ["attn", "all", "rslora"]
@@ -126,14 +127,7 @@ def test_mixed_batch_of_base_and_two_adapters_equals_each_alone(lora_engine):
 
 def test_switching_adapters_compiles_nothing(lora_engine, tiny_model):
     engine, rows = lora_engine
-    compiles = []
-
-    def listener(event: str, duration: float, **kwargs) -> None:
-        if "backend_compile" in event:
-            compiles.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with backend_compilations() as compiles:
         prompt = golden("attn")["ids_1"]
 
         async def switching():
@@ -147,8 +141,6 @@ def test_switching_adapters_compiles_nothing(lora_engine, tiny_model):
                                                .config, max_rank=8))
         asyncio.run(_run(engine, prompt, row, rid="after-load"))
         engine.unload_adapter("rslora")
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []
 
 

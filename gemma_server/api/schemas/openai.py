@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gemma_server.api.schemas.stops import check_stops, stop_tuple
+
 Strict = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
@@ -85,15 +87,7 @@ class _Sampling(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0, le=10)
     ignore_eos: bool = False
 
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: Any) -> Any:
-        stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        if any(s == "" for s in stops):
-            raise ValueError("stop sequences must not be empty")
-        return value
+    _stops = field_validator("stop")(check_stops)
 
     @field_validator("logit_bias")
     @classmethod
@@ -113,9 +107,7 @@ class _Sampling(BaseModel):
         return self
 
     def stop_list(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return stop_tuple(self.stop)
 
 
 class ChatCompletionRequest(_Sampling):

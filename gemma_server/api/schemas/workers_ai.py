@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gemma_server.api.schemas.stops import check_stops, stop_tuple
+
 MAX_TEXT = 6144
 Strict = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
@@ -44,18 +46,10 @@ class _Common(BaseModel):
             return value == "true"
         return value
 
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: Any) -> Any:
-        stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > 4 or any(s == "" for s in stops):
-            raise ValueError("stop takes at most 4 non-empty strings")
-        return value
+    _stops = field_validator("stop")(check_stops)
 
     def stop_list(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return stop_tuple(self.stop)
 
 
 class PromptInput(_Common):
