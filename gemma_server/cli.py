@@ -23,6 +23,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint directory or Hugging Face Hub id (default: demo model)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="parameter and activation dtype (float16 is refused: it overflows)")
+    parser.add_argument("--quantize", default=None, choices=["int8"],
+                        help="weight-only int8 (per-channel scales) from the float checkpoint")
 
 
 def _add_serve_args(serve: argparse.ArgumentParser) -> None:
@@ -34,6 +36,8 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
     a("--host", help="address to listen on (default 127.0.0.1)")
     a("--port", type=int, help="port to listen on (default 8000)")
     a("--dtype", choices=["float32", "bfloat16", "float16"], help="default float32")
+    a("--quantize", choices=["int8"],
+      help="weight-only int8 with per-channel scales, made from the float checkpoint at start")
     a("--api-key", action="append", help="require 'Authorization: Bearer KEY'; repeatable")
     a("--api-key-file", help="file with one API key per line")
     a("--max-batch-size", type=int, help="decode slots (default 8)")
@@ -93,7 +97,7 @@ def _generate(args: argparse.Namespace) -> int:
     from gemma_server.loading import load_model
     from gemma_server.tokenizer import ChatMessage, IncrementalDetokenizer, render_chat
 
-    model = load_model(args.checkpoint, args.dtype)
+    model = load_model(args.checkpoint, args.dtype, quantize=args.quantize)
     text = args.text if args.raw else render_chat([ChatMessage("user", args.text)])
     prompt = model.tokenizer.encode(text)
     detokenizer = IncrementalDetokenizer(model.tokenizer)
@@ -106,11 +110,13 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from gemma_server.kernels.cpu_matmul import describe as describe_kernels
     from gemma_server.loading import load_model
 
-    model = load_model(args.checkpoint, args.dtype, progress=False)
+    model = load_model(args.checkpoint, args.dtype, progress=False, quantize=args.quantize)
     cfg = model.checkpoint.config
     print(f"name: {model.name}\npath: {model.checkpoint.path}\ndtype: {model.checkpoint.dtype}")
+    print(f"quantize: {model.checkpoint.quantize or 'none'}\ndecode matmuls: {describe_kernels()}")
     print(f"parameters: {cfg.num_params():,}\nstop ids: {sorted(model.stop_ids)}")
     for field, value in vars(cfg).items():
         print(f"{field}: {value}")

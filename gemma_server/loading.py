@@ -20,7 +20,8 @@ class LoadedModel:
 
 
 def load_model(
-    checkpoint: str | Path | None = None, dtype: str = "float32", progress: bool = True
+    checkpoint: str | Path | None = None, dtype: str = "float32", progress: bool = True,
+    quantize: str | None = None,
 ) -> LoadedModel:
     """Load `checkpoint` (directory or Hub id), or the embedded demo model when None.
 
@@ -35,7 +36,7 @@ def load_model(
     if not tokenizer_file.exists():
         raise CheckpointError(f"{path}: tokenizer.model is missing")
     tokenizer = GemmaTokenizer(tokenizer_file)
-    loaded = load_checkpoint(path, dtype=dtype, progress=progress)
+    loaded = load_checkpoint(path, dtype=dtype, progress=progress, quantize=quantize)
     if loaded.config.vocab_size < tokenizer.vocab_size:
         raise CheckpointError(
             f"{path}: the tokenizer has {tokenizer.vocab_size} pieces but the model only "

@@ -52,16 +52,18 @@ def load_into(state: ServerState, settings: ServerSettings,
               adapters: list[LoraAdapter]) -> None:
     """Load weights, start and warm the engine, load the adapters, then mark ready."""
     from gemma_server.engine.engine import Engine
+    from gemma_server.kernels.cpu_matmul import describe as describe_kernels
     from gemma_server.loading import load_model
     from gemma_server.service import ModelService
 
-    model = load_model(settings.checkpoint, settings.dtype)
+    model = load_model(settings.checkpoint, settings.dtype, quantize=settings.quantize)
     state.status = "warming"
     capacity = settings.lora_capacity(len(adapters))
     engine = Engine(model.checkpoint.params, model.checkpoint.config,
                     settings.engine_config(capacity), vocab_limit=model.tokenizer.vocab_size)
     engine.start(progress=lambda shape: log.info("compiling %s", shape))
-    log.info("compiled in %.1f s", engine.executor.compile_seconds)
+    log.info("compiled in %.1f s; decode matmuls: %s", engine.executor.compile_seconds,
+             describe_kernels())
     for adapter in adapters:
         engine.load_adapter(adapter)
         log.info("LoRA adapter %s loaded from %s (rank %d)", adapter.name, adapter.path,

@@ -34,6 +34,7 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    quantize: Literal["int8"] | None = None
     api_key: StrList = Field(default_factory=list)
     api_key_file: str | None = None
     max_batch_size: int = Field(8, ge=1, le=1024)

@@ -1,7 +1,7 @@
 """Benchmark the generation engine directly (no HTTP): prefill, decode, throughput, compile time.
 
     python scripts/bench_engine.py [--checkpoint DIR | --shape bench-150m | --shape tiny]
-        [--dtype float32|bfloat16] [--json OUT]
+        [--dtype float32|bfloat16] [--quantize int8] [--json OUT]
 
 `--shape bench-150m` writes (once, into the demo cache) the random Gemma-shaped checkpoint of
 `../shared/spec/performance.md`: hidden 1024, 12 layers, 8 heads / 2 kv heads, head_dim 128,
@@ -147,19 +147,21 @@ def main() -> None:
     parser.add_argument("--checkpoint")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="bench-150m")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--quantize", choices=["int8"], default=None)
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--lora", type=int, default=0, metavar="N",
                         help="measure N requests with N different adapters vs N base requests")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    ckpt = load_checkpoint(checkpoint_dir(args), dtype=args.dtype, progress=False)
+    ckpt = load_checkpoint(checkpoint_dir(args), dtype=args.dtype, progress=False,
+                           quantize=args.quantize)
     config = EngineConfig(max_batch_size=args.max_batch_size, max_total_tokens=2048,
                           max_input_length=1600, max_batch_prefill_tokens=2048,
                           max_loras=args.lora, max_lora_rank=16)
     engine = Engine(ckpt.params, ckpt.config, config)
     engine.start()
     rows = [engine.load_adapter(a) for a in random_adapters(ckpt.config, args.lora)]
-    results = {"checkpoint": str(ckpt.path), "dtype": args.dtype,
+    results = {"checkpoint": str(ckpt.path), "dtype": args.dtype, "quantize": args.quantize,
                "params": ckpt.config.num_params(),
                "compile_s": engine.executor.compile_seconds,
                "compiled_prefill_shapes": len(engine.executor.prefill_shapes())}

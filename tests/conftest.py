@@ -40,13 +40,15 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_dir: Callable[[str], Path]) -> Callable[..., Checkpoint]:
-    """(name, dtype) -> loaded tiny checkpoint, cached for the session."""
-    cache: dict[tuple[str, str], Checkpoint] = {}
+    """(name, dtype, quantize) -> loaded tiny checkpoint, cached for the session."""
+    cache: dict[tuple[str, str, str | None], Checkpoint] = {}
 
-    def get(name: str, dtype: str = "float32") -> Checkpoint:
-        if (name, dtype) not in cache:
-            cache[(name, dtype)] = load_checkpoint(tiny_dir(name), dtype=dtype, progress=False)
-        return cache[(name, dtype)]
+    def get(name: str, dtype: str = "float32", quantize: str | None = None) -> Checkpoint:
+        key = (name, dtype, quantize)
+        if key not in cache:
+            cache[key] = load_checkpoint(tiny_dir(name), dtype=dtype, progress=False,
+                                         quantize=quantize)
+        return cache[key]
 
     return get
 

@@ -26,12 +26,13 @@ from gemma_server.datatypes import MAX_LOGIT_BIAS, SamplingParams
 from gemma_server.engine import steps
 from gemma_server.engine.sampling import Sampled, SamplingRows
 from gemma_server.errors import ConfigurationError
+from gemma_server.kernels import cpu_matmul
 from gemma_server.lora.adapter import LoraAdapter
 from gemma_server.lora.stack import adapter_rows, empty_stacks
 from gemma_server.model.cache import KVCache, init_cache
 from gemma_server.model.config import GemmaConfig
 from gemma_server.model.forward import forward
-from gemma_server.model.params import Params
+from gemma_server.model.params import Params, compute_dtype
 
 
 @partial(jax.jit, static_argnames="cfg", donate_argnames="cache")
@@ -70,14 +71,16 @@ class Executor:
         self.params, self.cfg, self.config = params, cfg, config
         self.slots = config.max_batch_size
         self.vocab_limit = min(vocab_limit or cfg.vocab_size, cfg.vocab_size)
-        dtype = params["embed"].dtype
+        dtype = compute_dtype(params)
         self.cache = init_cache(cfg, self.slots, config.max_total_tokens, dtype)
         self.state = steps.init_state(self.slots, cfg.vocab_size)
         self.lora = (empty_stacks(cfg, config.max_loras, config.max_lora_rank, dtype)
                      if config.max_loras else None)
         # XLA:CPU's bfloat16 matmuls are several times slower with fewer than 8 rows than
-        # with 8, so bfloat16 decode steps always carry at least 8 (possibly idle) slots.
-        self.min_decode_rows = 8 if dtype == jnp.bfloat16 else 1
+        # with 8, so without our CPU kernels bfloat16 decode steps carry at least 8 (possibly
+        # idle) slots; the kernels are fast at any row count.
+        slow_few_rows = dtype == jnp.bfloat16 and not cpu_matmul.available()
+        self.min_decode_rows = 8 if slow_few_rows else 1
         self._prefill: dict[tuple[int, int], Any] = {}
         self._set_adapter: Any = None
         self._decode: dict[tuple[int, int], Any] = {}
@@ -148,7 +151,7 @@ class Executor:
         if self.lora is None or self._set_adapter is None:
             raise ConfigurationError("LoRA adapters need max_loras >= 1 (--max-loras)")
         rows = adapter_rows(adapter, self.cfg, self.config.max_lora_rank,
-                            self.params["embed"].dtype)
+                            compute_dtype(self.params))
         self.lora = self._set_adapter(self.lora, jnp.int32(row), rows)
 
     def insert(self, slot: int, sampling: SamplingParams, seed: int, adapter: int = 0) -> None:
@@ -183,7 +186,7 @@ class Executor:
 
     def reset(self) -> None:
         """Fresh cache and state, after a failed step may have consumed the donated ones."""
-        dtype = self.params["embed"].dtype
+        dtype = compute_dtype(self.params)
         self.cache = init_cache(self.cfg, self.slots, self.config.max_total_tokens, dtype)
         self.state = steps.init_state(self.slots, self.cfg.vocab_size)
 

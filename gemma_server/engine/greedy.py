@@ -14,7 +14,7 @@ import numpy as np
 from gemma_server.engine.executor import forward_step
 from gemma_server.model.cache import init_cache
 from gemma_server.model.config import GemmaConfig
-from gemma_server.model.params import Params
+from gemma_server.model.params import Params, compute_dtype
 
 
 def greedy_tokens(
@@ -31,7 +31,7 @@ def greedy_tokens(
     max_len = max_len or len(prompt) + max_new_tokens
     if len(prompt) + max_new_tokens > max_len:
         raise ValueError(f"prompt ({len(prompt)}) + max_new_tokens exceeds max_len {max_len}")
-    cache = init_cache(cfg, 1, max_len, params["embed"].dtype)
+    cache = init_cache(cfg, 1, max_len, compute_dtype(params))
     tokens = jnp.asarray([prompt], jnp.int32)
     positions = jnp.arange(len(prompt), dtype=jnp.int32)[None]
     logits, cache = forward_step(params, tokens, positions, cache, cfg)

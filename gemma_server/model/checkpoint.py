@@ -27,6 +27,7 @@ from gemma_server.errors import CheckpointError
 from gemma_server.model.config import GemmaConfig
 from gemma_server.model.hf_config import load_hf_config
 from gemma_server.model.params import Params, empty_tree, freeze, set_leaf, tensor_specs
+from gemma_server.model.quantize import QUANTIZATIONS, quantize_int8, quantized_leaf
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -45,6 +46,7 @@ class Checkpoint:
     config: GemmaConfig
     params: Params
     dtype: str
+    quantize: str | None = None
 
 
 def resolve_dtype(name: str) -> jnp.dtype:
@@ -78,16 +80,25 @@ def resolve_checkpoint_dir(location: str | Path) -> Path:
             from None
 
 
-def load_checkpoint(location: str | Path, dtype: str = "float32", progress: bool = True) -> \
-        Checkpoint:
+def load_checkpoint(location: str | Path, dtype: str = "float32", progress: bool = True,
+                    quantize: str | None = None) -> Checkpoint:
+    """Load weights in `dtype`; with quantize="int8", the matrices become int8 + scales."""
     target = resolve_dtype(dtype)
+    check_quantize(quantize)
     path = resolve_checkpoint_dir(location)
     cfg = load_hf_config(path)
-    params = load_params(path, cfg, target, progress=progress)
-    return Checkpoint(path=path, config=cfg, params=params, dtype=dtype)
+    params = load_params(path, cfg, target, progress=progress, quantize=quantize)
+    return Checkpoint(path=path, config=cfg, params=params, dtype=dtype, quantize=quantize)
 
 
-def load_params(path: Path, cfg: GemmaConfig, dtype: jnp.dtype, progress: bool = True) -> Params:
+def check_quantize(quantize: str | None) -> None:
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise CheckpointError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, "
+                              f"not {quantize!r}")
+
+
+def load_params(path: Path, cfg: GemmaConfig, dtype: jnp.dtype, progress: bool = True,
+                quantize: str | None = None) -> Params:
     index = _tensor_index(path)
     specs = tensor_specs(cfg)
     wanted = {spec.hf_name for spec in specs}
@@ -103,7 +114,11 @@ def load_params(path: Path, cfg: GemmaConfig, dtype: jnp.dtype, progress: bool =
                 f"{file.name}: tensor {key} has shape {list(tensor.shape)}, "
                 f"expected {list(source_shape)} for this config"
             )
-        set_leaf(tree, spec.path, _convert(tensor, dtype, spec.transpose))
+        axis = quantized_leaf(spec.path) if quantize == "int8" else None
+        if axis is None:
+            set_leaf(tree, spec.path, _convert(tensor, dtype, spec.transpose))
+        else:  # from the checkpoint's own values, not from a dtype-rounded copy
+            set_leaf(tree, spec.path, quantize_int8(tensor.T if spec.transpose else tensor, axis))
         del tensor
         _release_freed_memory()
     return freeze(tree)

@@ -20,9 +20,18 @@ import jax.numpy as jnp
 from gemma_server.model import cache as kv
 from gemma_server.model.cache import KVCache
 from gemma_server.model.config import GemmaConfig
-from gemma_server.model.layers import F32, dense, gelu_tanh, rms_norm, rope, soft_cap
+from gemma_server.model.layers import (
+    F32,
+    dense,
+    gelu_tanh,
+    logits_product,
+    rms_norm,
+    rope,
+    soft_cap,
+)
 from gemma_server.model.lora import LayerStacks, LoraBatch, lora_delta
-from gemma_server.model.params import Params
+from gemma_server.model.params import Params, compute_dtype
+from gemma_server.model.quantize import embed_rows
 
 _MASKED = -1e30  # finite: a query that sees nothing (padding) gets a uniform, not NaN, softmax
 
@@ -46,10 +55,10 @@ def forward(
     `logit_indices` is given: a prefill needs only its last position, and the output head
     over a large vocabulary would otherwise dominate its cost.
     """
-    embed = params["embed"]
-    dtype = embed.dtype
+    dtype = compute_dtype(params)
     positions = positions.astype(jnp.int32)
-    x = embed[tokens] * jnp.asarray(cfg.embed_normalizer, dtype)  # rounded to dtype, as HF
+    x = embed_rows(params["embed"], tokens, dtype) * jnp.asarray(cfg.embed_normalizer, dtype)
+    # (the normalizer is rounded to dtype first, as HF does)
     new_keys: list[jax.Array] = []
     new_values: list[jax.Array] = []
     for i, lp in enumerate(params["layers"]):
@@ -82,8 +91,8 @@ def forward(
 def _head(params: Params, x: jax.Array) -> jax.Array:
     """Output projection: the tied embedding (not scaled by the normalizer) or a separate head."""
     if "lm_head" in params:
-        return jnp.matmul(x, params["lm_head"], preferred_element_type=F32)
-    return jnp.einsum("btd,vd->btv", x, params["embed"], preferred_element_type=F32)
+        return logits_product(x, params["lm_head"], transposed=False)
+    return logits_product(x, params["embed"], transposed=True)
 
 
 Projector = Callable[[str, jax.Array], jax.Array]

@@ -6,10 +6,16 @@ trap each function avoids.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
+from gemma_server.kernels import cpu_matmul
+from gemma_server.model.quantize import Int8Weight
+
 F32 = jnp.float32
+Weight = jax.Array | Int8Weight
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -22,9 +28,29 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return (y * (1.0 + weight.astype(F32))).astype(x.dtype)
 
 
-def dense(x: jax.Array, w: jax.Array) -> jax.Array:
-    """`x @ w` accumulated in float32 (fast and accurate for bfloat16), in x's dtype."""
-    return jnp.matmul(x, w, preferred_element_type=F32).astype(x.dtype)
+def dense(x: jax.Array, w: Weight) -> jax.Array:
+    """`x @ w` accumulated in float32 (fast and accurate for bfloat16), in x's dtype.
+
+    w is `[in, out]`, float or int8-quantized per output column. Decode-sized products on
+    CPU go to our kernels, which stream the weights at memory speed (kernels/cpu_matmul.py).
+    """
+    return _product(x, w, transposed=False).astype(x.dtype)
+
+
+def logits_product(x: jax.Array, w: Weight, transposed: bool) -> jax.Array:
+    """float32 `x @ w`, or `x @ w.T` for a tied head whose weight is the `[V, D]` embedding."""
+    return _product(x, w, transposed)
+
+
+def _product(x: jax.Array, w: Weight, transposed: bool) -> jax.Array:
+    rows = math.prod(x.shape[:-1])
+    q, scale = (w.q, w.scale) if isinstance(w, Int8Weight) else (w, None)
+    if cpu_matmul.wanted(rows, q.dtype):
+        return cpu_matmul.matmul(x, q, scale, transposed=transposed)
+    dims = (((x.ndim - 1,), (1 if transposed else 0,)), ((), ()))
+    operand = q.astype(x.dtype) if scale is not None else q
+    y = jax.lax.dot_general(x, operand, dims, preferred_element_type=F32)
+    return y if scale is None else y * scale
 
 
 def gelu_tanh(x: jax.Array) -> jax.Array:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax.numpy as jnp
+
 from gemma_server.model.config import GemmaConfig
 
 Params = dict[str, Any]
@@ -82,3 +84,8 @@ def set_leaf(tree: Params, path: tuple[str | int, ...], value: Any) -> None:
 def freeze(tree: Params) -> Params:
     """Layers as a tuple: the tree's structure is then fixed and hashable for jit caching."""
     return {**tree, "layers": tuple(tree["layers"])}
+
+
+def compute_dtype(params: Params) -> jnp.dtype:
+    """The dtype activations and the KV cache use: the norms' (never quantized)."""
+    return jnp.dtype(params["final_norm"].dtype)

@@ -1,0 +1,1 @@
+"""Hand-written compute kernels that XLA calls where its own code is slow (CPU decode)."""

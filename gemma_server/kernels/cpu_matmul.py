@@ -1,0 +1,102 @@
+"""Decode-sized matrix products on CPU through our AVX-512 kernels (`cpu_matmul.c`).
+
+XLA:CPU reads bfloat16 weights at a fraction of the memory bandwidth when a product has only
+a few rows (batch-1 decode), and cannot multiply by int8 weights without first writing a
+widened copy of them. The C kernels stream each weight once and widen it in registers; they
+are registered with XLA as custom calls so they run inside the same compiled step as
+everything else. They are used only where they win: on the CPU backend, for products with
+at most `MAX_ROWS` rows, when the compiled library is present and the CPU has AVX-512.
+Everywhere else (GPU, TPU, prefill, older CPUs) the pure-JAX path runs.
+
+`GEMMA_SERVER_CPU_KERNELS=0` turns them off (to compare, or to rule them out).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.machinery
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MAX_ROWS = 16  # the decode slot buckets; prefill chunks go to XLA, fast with many rows
+
+_OFF = ("0", "false", "off", "no")
+
+# float32 weights stay with XLA, which streams them at memory speed already.
+_WEIGHT_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.int8))
+
+
+def _library_path() -> Path | None:
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = here / f"_cpu_matmul{suffix}"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    """The compiled kernels, registered with XLA once; None when they cannot be used here."""
+    if os.environ.get("GEMMA_SERVER_CPU_KERNELS", "1").lower() in _OFF:
+        return None
+    path = _library_path()
+    if path is None:
+        return None
+    lib = ctypes.CDLL(str(path))
+    if not lib.gs_cpu_supported():
+        return None
+    for name in ("gs_mm_kn", "gs_mm_nk", "gs_mm_kn_scaled", "gs_mm_nk_scaled"):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    return lib
+
+
+def available() -> bool:
+    """Whether products traced now will use the kernels (CPU backend, library, AVX-512)."""
+    return jax.default_backend() == "cpu" and _library() is not None
+
+
+def describe() -> str:
+    """One line for logs and `gemma-server info`: which path decode products take here."""
+    if available():
+        return f"gemma_server CPU kernels (AVX-512) for bfloat16/int8 weights, <= {MAX_ROWS} rows"
+    if jax.default_backend() != "cpu":
+        return f"XLA ({jax.default_backend()})"
+    reason = ("turned off by GEMMA_SERVER_CPU_KERNELS" if os.environ.get(
+        "GEMMA_SERVER_CPU_KERNELS", "1").lower() in _OFF else
+        "not built" if _library_path() is None else "this CPU lacks AVX-512")
+    return f"XLA (CPU kernels {reason})"
+
+
+def wanted(rows: int, weight_dtype: jnp.dtype) -> bool:
+    """Whether a product with `rows` rows and these weights should go to the kernels."""
+    return rows <= MAX_ROWS and jnp.dtype(weight_dtype) in _WEIGHT_DTYPES and available()
+
+
+def matmul(x: jax.Array, w: jax.Array, scale: jax.Array | None = None, *,
+           transposed: bool = False) -> jax.Array:
+    """float32 `x @ w` (or `x @ w.T` when `transposed`), times `scale` per output column.
+
+    x: [..., K] any float dtype; w: [K, N] (or [N, K]) bfloat16 or int8; scale: [N] float32,
+    required for int8. Only call when `wanted(...)` is true.
+    """
+    if _library() is None:
+        raise RuntimeError("the CPU kernels are not available here")
+    k = x.shape[-1]
+    n = w.shape[0] if transposed else w.shape[1]
+    lead = x.shape[:-1]
+    rows = int(np.prod(lead)) if lead else 1
+    operands = [x.reshape(rows, k).astype(jnp.float32), w]
+    name = "gs_mm_nk" if transposed else "gs_mm_kn"
+    if jnp.dtype(w.dtype) == jnp.int8:
+        if scale is None:
+            raise ValueError("int8 weights need their per-column scales")
+        operands.append(scale.astype(jnp.float32))
+        name += "_scaled"
+    call = jax.ffi.ffi_call(name, jax.ShapeDtypeStruct((rows, n), jnp.float32))
+    return call(*operands).reshape(*lead, n)

@@ -1,0 +1,69 @@
+"""Weight-only int8 quantization: one int8 per weight, one float32 scale per output channel.
+
+Decode streams every weight once per step, so its speed is the weights' byte count: int8
+halves bfloat16's. Activations, norms, the KV cache and all accumulation stay in the compute
+dtype / float32; only the big matrices are quantized (symmetric, round to nearest, scale =
+max |w| / 127 over each output channel), when the checkpoint is loaded.
+
+Output channels: a projection stored `[in, out]` has one scale per column; the embedding
+`[V, D]` has one per row, which is the output channel of the tied head (`x @ E^T`), and the
+lookup dequantizes the rows it gathers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+QUANTIZATIONS = ("int8",)
+
+
+@struct.dataclass
+class Int8Weight:
+    """A quantized matrix: `q * scale` approximates the float weight along `channel_axis`."""
+
+    q: jax.Array  # int8, the float weight's shape
+    scale: jax.Array  # float32, one per output channel
+    channel_axis: int = struct.field(pytree_node=False, default=1)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.q.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.q.nbytes + self.scale.nbytes)
+
+    def dequantize(self, dtype: jnp.dtype) -> jax.Array:
+        scale = self.scale[None, :] if self.channel_axis == 1 else self.scale[:, None]
+        return (self.q.astype(jnp.float32) * scale).astype(dtype)
+
+
+def quantize_int8(w: jax.Array, channel_axis: int) -> Int8Weight:
+    """Symmetric per-channel int8 of a 2-D float weight (channel_axis: the output axis)."""
+    wf = w.astype(jnp.float32)
+    reduce_axis = 1 - channel_axis
+    peak = jnp.max(jnp.abs(wf), axis=reduce_axis)
+    scale = jnp.where(peak > 0, peak / 127.0, 1.0)
+    expanded = scale[None, :] if channel_axis == 1 else scale[:, None]
+    q = jnp.clip(jnp.round(wf / expanded), -127, 127).astype(jnp.int8)
+    return Int8Weight(q=jax.block_until_ready(q), scale=scale,
+                      channel_axis=channel_axis)
+
+
+def quantized_leaf(path: tuple[str | int, ...]) -> int | None:
+    """The output-channel axis of a parameter that int8 quantizes, or None to keep it as is."""
+    name = path[-1]
+    if name == "embed":
+        return 0
+    if name in ("lm_head", "q", "k", "v", "o", "gate", "up", "down"):
+        return 1
+    return None
+
+
+def embed_rows(embed: jax.Array | Int8Weight, tokens: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """The embedding rows of `tokens` in the compute dtype (dequantized when int8)."""
+    if isinstance(embed, Int8Weight):
+        return (embed.q[tokens].astype(jnp.float32) * embed.scale[tokens][..., None]).astype(dtype)
+    return embed[tokens]

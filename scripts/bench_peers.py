@@ -1,0 +1,355 @@
+"""gemma_server beside llama.cpp and transformers on the same checkpoint, in one run.
+
+    python scripts/bench_peers.py --llama-cpp-source DIR [--shape bench-150m | --checkpoint DIR]
+        [--dtypes float32,bfloat16,int8] [--systems gemma_server,llama.cpp,transformers]
+        [--threads 2] [--bandwidth-gbs 38] [--json OUT]
+
+Runs in a separate virtualenv that has the project plus the peers (never a CI dependency):
+
+    python -m venv venv-ref && venv-ref/bin/pip install torch==2.13.0 transformers \
+        -e /path/to/gemma_server
+    venv-ref/bin/pip download llama-cpp-python --no-binary :all: --no-deps -d peers
+    tar xzf peers/llama_cpp_python-*.tar.gz -C peers
+    CMAKE_ARGS="-DGGML_NATIVE=ON" venv-ref/bin/pip install peers/llama_cpp_python-*/ \
+        peers/llama_cpp_python-*/vendor/llama.cpp/gguf-py
+    venv-ref/bin/python scripts/bench_peers.py \
+        --llama-cpp-source peers/llama_cpp_python-*/vendor/llama.cpp
+
+The checkpoint is converted to GGUF (f32, bf16, q8_0 for our int8) with the converter shipped
+in that source tree. gemma_server is measured **through its HTTP API** (a real `gemma-server
+serve` process, streaming `/v1/completions` with token-id prompts); llama.cpp through its C
+API (llama-cpp-python's low-level bindings, batched decode over 16 sequences); transformers
+with a KV cache in eager PyTorch. Same work everywhere, greedy, `--threads` threads:
+
+- decode b1: 64-token prompt, then 128 tokens; rate = 1 / median time per token;
+- decode b16: 16 sequences of 64-token prompts decoding together, 32 tokens each; aggregate
+  rate = 16 / median time per step (for the server: per inter-token gap of its streams);
+- prefill 1500: time to the first token of a 1500-token prompt; rate = 1500 / that time.
+
+Roofline: batch-1 fraction = weight bytes read per token × rate ÷ `--bandwidth-gbs` (38 GB/s
+measured on the development machine, ../shared/spec/performance.md); b16 fraction against
+16 / max(bytes / bandwidth, 2·params·16 / peak FLOP/s) with 200 (f32/int8) or 410 (bf16)
+GFLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_engine import SHAPES  # noqa: E402
+from bench_engine import checkpoint_dir as bench_checkpoint_dir  # noqa: E402
+
+PROMPT, DECODE, B16, B16_TOKENS, LONG = 64, 128, 16, 32, 1500
+GGUF_TYPES = {"float32": "f32", "bfloat16": "bf16", "int8": "q8_0"}
+PEAK_GFLOPS = {"float32": 200.0, "bfloat16": 410.0, "int8": 200.0}
+
+
+def prompts(vocab: int, n: int, length: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(10, min(vocab, 30000), length).tolist() for _ in range(n)]
+
+
+# --- gemma_server, through its HTTP API ---
+
+class Server:
+    def __init__(self, checkpoint: Path, dtype: str, threads: int, port: int):
+        args = [sys.executable, "-m", "gemma_server.cli", "serve", "--checkpoint", str(checkpoint),
+                "--port", str(port), "--max-batch-size", "16", "--max-total-tokens", "2048",
+                "--max-input-length", "1600", "--served-model-name", "bench",
+                "--log-level", "warning"]
+        args += ["--dtype", "bfloat16", "--quantize", "int8"] if dtype == "int8" else \
+            ["--dtype", dtype]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(args, env=env)
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gemma-server exited with {self.process.returncode}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise RuntimeError("gemma-server did not become ready")
+
+    def peak_rss_gb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e6
+        return 0.0
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+async def stream(client: httpx.AsyncClient, prompt: list[int], max_tokens: int) -> list[float]:
+    """Arrival times of each streamed token (the first is the TTFT), from the request start."""
+    body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "ignore_eos": True}
+    start, times = time.perf_counter(), []
+    async with client.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
+                chunk = json.loads(line[5:])
+                if "error" in chunk:
+                    raise RuntimeError(chunk["error"])
+                times.append(time.perf_counter() - start)
+    return times
+
+
+async def measure_server(url: str, vocab: int, reps: int) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        await stream(client, prompts(vocab, 1, PROMPT, 99)[0], 4)  # warm the path
+        b1 = []
+        for rep in range(reps):
+            times = await stream(client, prompts(vocab, 1, PROMPT, rep)[0], DECODE)
+            b1.append(1 / statistics.median(np.diff(times)))
+        gaps: list[float] = []
+        for rep in range(reps):
+            runs = await asyncio.gather(*(stream(client, p, B16_TOKENS)
+                                          for p in prompts(vocab, B16, PROMPT, 100 + rep)))
+            gaps += [g for times in runs for g in np.diff(times)]
+        prefill = []
+        for rep in range(reps):
+            times = await stream(client, prompts(vocab, 1, LONG, 200 + rep)[0], 1)
+            prefill.append(LONG / times[0])
+    return {"b1": statistics.median(b1), "b16": B16 / statistics.median(gaps),
+            "prefill": statistics.median(prefill)}
+
+
+def run_gemma_server(checkpoint: Path, dtype: str, args: argparse.Namespace,
+                     vocab: int) -> dict[str, Any]:
+    server = Server(checkpoint, dtype, args.threads, args.port)
+    try:
+        result = asyncio.run(measure_server(server.url, vocab, args.reps))
+        result["peak_rss_gb"] = server.peak_rss_gb()
+    finally:
+        server.stop()
+    return result
+
+
+# --- llama.cpp, through its C API (llama-cpp-python bindings) ---
+
+def convert_to_gguf(checkpoint: Path, source: Path, outtype: str, out_dir: Path) -> Path:
+    out = out_dir / f"{checkpoint.name}-{outtype}.gguf"
+    if not out.exists():
+        subprocess.run([sys.executable, str(source / "convert_hf_to_gguf.py"), str(checkpoint),
+                        "--outtype", outtype, "--outfile", str(out)], check=True,
+                       stdout=subprocess.DEVNULL)
+    return out
+
+
+_QUIET: list[Any] = []  # keeps the log callback alive
+
+
+def run_llama_cpp(gguf: Path, threads: int, vocab: int, reps: int) -> dict[str, Any]:
+    import llama_cpp as lc
+
+    if not _QUIET:
+        _QUIET.append(lc.llama_log_callback(lambda level, text, data: None))
+        lc.llama_log_set(_QUIET[0], None)
+    lc.llama_backend_init()
+    model = lc.llama_model_load_from_file(str(gguf).encode(), lc.llama_model_default_params())
+    params = lc.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch = 2048, 2048, 512
+    params.n_seq_max, params.kv_unified = B16, True
+    params.n_threads = params.n_threads_batch = threads
+    ctx = lc.llama_init_from_model(model, params)
+    n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(model))
+    batch = lc.llama_batch_init(2048, 0, B16)
+
+    def decode(entries: list[tuple[int, int, int, bool]]) -> None:
+        batch.n_tokens = len(entries)
+        for i, (token, pos, seq, logits) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, logits
+        if lc.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def argmax(i: int) -> int:
+        return int(np.argmax(np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, i),
+                                                   shape=(n_vocab,))))
+
+    def prefill(seqs: list[list[int]]) -> list[int]:
+        lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
+        decode([(t, p, s, p == len(ids) - 1) for s, ids in enumerate(seqs)
+                for p, t in enumerate(ids)])
+        return [argmax(s * len(seqs[0]) + len(seqs[0]) - 1) for s in range(len(seqs))]
+
+    try:
+        b1, steps16, long = [], [], []
+        for rep in range(reps):
+            token = prefill(prompts(vocab, 1, PROMPT, rep))[0]
+            times = []
+            for pos in range(PROMPT, PROMPT + DECODE):
+                start = time.perf_counter()
+                decode([(token, pos, 0, True)])
+                token = argmax(0)
+                times.append(time.perf_counter() - start)
+            b1.append(1 / statistics.median(times))
+        for rep in range(reps):
+            tokens = prefill(prompts(vocab, B16, PROMPT, 100 + rep))
+            for pos in range(PROMPT, PROMPT + B16_TOKENS):
+                start = time.perf_counter()
+                decode([(t, pos, s, True) for s, t in enumerate(tokens)])
+                tokens = [argmax(s) for s in range(B16)]
+                steps16.append(time.perf_counter() - start)
+        for rep in range(reps):
+            start = time.perf_counter()
+            prefill(prompts(vocab, 1, LONG, 200 + rep))
+            long.append(LONG / (time.perf_counter() - start))
+    finally:
+        lc.llama_batch_free(batch)
+        lc.llama_free(ctx)
+        lc.llama_model_free(model)
+    return {"b1": statistics.median(b1), "b16": B16 / statistics.median(steps16),
+            "prefill": statistics.median(long), "weights_gb": gguf.stat().st_size / 1e9}
+
+
+# --- transformers ---
+
+def run_transformers(checkpoint: Path, dtype: str, threads: int, vocab: int,
+                     reps: int) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoint, dtype=getattr(torch, dtype), attn_implementation="eager").eval()
+
+    def decode_rate(batch: list[list[int]], steps: int) -> float:
+        with torch.inference_mode():
+            out = model(torch.tensor(batch), use_cache=True, logits_to_keep=1)
+            cache, times = out.past_key_values, []
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            for _ in range(steps):
+                start = time.perf_counter()
+                out = model(token, past_key_values=cache, use_cache=True)
+                cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                times.append(time.perf_counter() - start)
+        return len(batch) / statistics.median(times)
+
+    def prefill_rate(ids: list[int]) -> float:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            model(torch.tensor([ids]), use_cache=True, logits_to_keep=1).logits.argmax(-1)
+            return len(ids) / (time.perf_counter() - start)
+
+    b1 = [decode_rate(prompts(vocab, 1, PROMPT, r), DECODE) for r in range(reps)]
+    b16 = [decode_rate(prompts(vocab, B16, PROMPT, 100 + r), B16_TOKENS) for r in range(reps)]
+    long = [prefill_rate(prompts(vocab, 1, LONG, 200 + r)[0]) for r in range(reps)]
+    return {"b1": statistics.median(b1), "b16": statistics.median(b16),
+            "prefill": statistics.median(long)}
+
+
+# --- report ---
+
+def weight_gb(cfg: Any, dtype: str) -> float:
+    """Bytes one decode step reads: every weight once (a tied head reads the embedding)."""
+    from gemma_server.model.params import tensor_specs
+    from gemma_server.model.quantize import quantized_leaf
+
+    total = 0
+    for spec in tensor_specs(cfg):
+        count = int(np.prod(spec.shape))
+        axis = quantized_leaf(spec.path)
+        if dtype == "int8" and axis is not None:
+            total += count + 4 * spec.shape[axis]  # int8 values + a float32 scale per channel
+        else:
+            total += count * (4 if dtype == "float32" else 2)
+    return total / 1e9
+
+
+def report(results: dict[str, dict[str, dict[str, Any]]], cfg: Any,
+           bandwidth: float) -> list[str]:
+    params = cfg.num_params()
+    lines = ["| dtype | system | decode b1 tok/s | vs llama.cpp | b1 roofline | 16 streams tok/s "
+             "| vs llama.cpp | b16 roofline | prefill 1500 tok/s | vs best peer |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for dtype, systems in results.items():
+        ours_gb = weight_gb(cfg, dtype)
+        llama = systems.get("llama.cpp", {})
+        best_prefill = max((r["prefill"] for name, r in systems.items()
+                            if name != "gemma_server"), default=None)
+        for name, r in systems.items():
+            gb = r.get("weights_gb", ours_gb)
+            b16_limit = B16 / max(gb / bandwidth, 2 * params * B16 / (PEAK_GFLOPS[dtype] * 1e9))
+
+            def ratio(key: str, against: float | None, r: dict[str, Any] = r) -> str:
+                return f"{r[key] / against:.2f}x" if against else "-"
+
+            lines.append(
+                f"| {dtype} | {name} | {r['b1']:.1f} | {ratio('b1', llama.get('b1'))} | "
+                f"{gb * r['b1'] / bandwidth:.0%} | {r['b16']:.1f} | "
+                f"{ratio('b16', llama.get('b16'))} | {r['b16'] / b16_limit:.0%} | "
+                f"{r['prefill']:.0f} | "
+                f"{ratio('prefill', best_prefill) if name == 'gemma_server' else '-'} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="bench-150m")
+    parser.add_argument("--llama-cpp-source", type=Path,
+                        help="llama.cpp source tree holding convert_hf_to_gguf.py")
+    parser.add_argument("--dtypes", default="float32,bfloat16,int8")
+    parser.add_argument("--systems", default="gemma_server,llama.cpp,transformers")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--bandwidth-gbs", type=float, default=38.0)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--gguf-dir", type=Path, default=Path("/tmp/gemma_server_gguf"))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    checkpoint = bench_checkpoint_dir(args)
+    config = json.loads((checkpoint / "config.json").read_text())
+    from gemma_server.model.hf_config import config_from_hf_dict
+
+    cfg = config_from_hf_dict(config)
+    vocab = cfg.vocab_size
+    systems = args.systems.split(",")
+    args.gguf_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for dtype in args.dtypes.split(","):
+        row: dict[str, dict[str, Any]] = {}
+        if "gemma_server" in systems:
+            row["gemma_server"] = run_gemma_server(checkpoint, dtype, args, vocab)
+        if "llama.cpp" in systems:
+            if args.llama_cpp_source is None:
+                parser.error("--llama-cpp-source is needed to measure llama.cpp")
+            gguf = convert_to_gguf(checkpoint, args.llama_cpp_source, GGUF_TYPES[dtype],
+                                   args.gguf_dir)
+            row["llama.cpp"] = run_llama_cpp(gguf, args.threads, vocab, args.reps)
+        if "transformers" in systems and dtype != "int8":
+            row["transformers"] = run_transformers(checkpoint, dtype, args.threads, vocab,
+                                                   args.reps)
+        results[dtype] = row
+        print(json.dumps({dtype: row}), flush=True)
+    print(f"\n{checkpoint.name}: {cfg.num_params() / 1e6:.1f} M parameters, {args.threads} "
+          f"threads, bandwidth {args.bandwidth_gbs} GB/s")
+    print("\n".join(report(results, cfg, args.bandwidth_gbs)))
+    if args.json:
+        args.json.write_text(json.dumps({"checkpoint": str(checkpoint), "results": results},
+                                        indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
