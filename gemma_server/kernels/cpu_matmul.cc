@@ -134,18 +134,34 @@ TARGET static void kn_columns(const void *xv, int64_t M, int64_t K, const char *
 
 /* ---- nk: y[m, n] = dot(x[m, :], W[n, :]) ------------------------------------------------ */
 
+/* Independent accumulators per row of x: with few rows, one chain of dependent FMAs per
+ * output would leave the core waiting on FMA latency instead of on memory. */
+template <int MC> constexpr int CHAINS = MC >= 8 ? 1 : MC >= 4 ? 2 : MC >= 2 ? 4 : 8;
+
 template <int KIND, int MC>
 TARGET static void nk_row(const float *x, int64_t K, const char *wrow, float *y, int64_t N,
                           int64_t n) {
-    __m512 a[MC];
-    UNROLL for (int r = 0; r < MC; r++) a[r] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16) {
+    constexpr int U = CHAINS<MC>;
+    __m512 a[MC][U];
+    UNROLL for (int r = 0; r < MC; r++) UNROLL for (int u = 0; u < U; u++) a[r][u] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 * U <= K; k += 16 * U) {
+        UNROLL for (int u = 0; u < U; u++) {
+            __m512 wv = load16<KIND>(wrow + (k + 16 * u) * ELEM<KIND>, (__mmask16)0xFFFF);
+            UNROLL for (int r = 0; r < MC; r++)
+                a[r][u] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * K + k + 16 * u), wv, a[r][u]);
+        }
+    }
+    for (; k < K; k += 16) {
         __mmask16 mk = lanes(K - k);
         __m512 wv = load16<KIND>(wrow + k * ELEM<KIND>, mk);
         UNROLL for (int r = 0; r < MC; r++)
-            a[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, x + r * K + k), wv, a[r]);
+            a[r][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, x + r * K + k), wv, a[r][0]);
     }
-    UNROLL for (int r = 0; r < MC; r++) y[r * N + n] = _mm512_reduce_add_ps(a[r]);
+    UNROLL for (int r = 0; r < MC; r++) {
+        UNROLL for (int u = 1; u < U; u++) a[r][0] = _mm512_add_ps(a[r][0], a[r][u]);
+        y[r * N + n] = _mm512_reduce_add_ps(a[r][0]);
+    }
 }
 
 template <int KIND>
@@ -268,14 +284,27 @@ TARGET_BF16 static void kn_dp_columns(const void *x, int64_t M, int64_t K, const
 template <int MC>
 TARGET_BF16 static void nk_dp_row(const uint32_t *xp, int64_t K, const uint16_t *wrow, float *y,
                                   int64_t N, int64_t n) {
-    __m512 a[MC];
-    UNROLL for (int r = 0; r < MC; r++) a[r] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 32) {
+    constexpr int U = CHAINS<MC>;
+    __m512 a[MC][U];
+    UNROLL for (int r = 0; r < MC; r++) UNROLL for (int u = 0; u < U; u++) a[r][u] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 * U <= K; k += 32 * U) {
+        UNROLL for (int u = 0; u < U; u++) {
+            __m512bh wv = (__m512bh)_mm512_loadu_si512(wrow + k + 32 * u);
+            UNROLL for (int r = 0; r < MC; r++)
+                a[r][u] = _mm512_dpbf16_ps(
+                    a[r][u], (__m512bh)_mm512_loadu_si512(xp + r * (K / 2) + (k + 32 * u) / 2), wv);
+        }
+    }
+    for (; k < K; k += 32) {
         __m512bh wv = (__m512bh)_mm512_loadu_si512(wrow + k);
         UNROLL for (int r = 0; r < MC; r++)
-            a[r] = _mm512_dpbf16_ps(a[r], (__m512bh)_mm512_loadu_si512(xp + r * (K / 2) + k / 2), wv);
+            a[r][0] = _mm512_dpbf16_ps(a[r][0], (__m512bh)_mm512_loadu_si512(xp + r * (K / 2) + k / 2), wv);
     }
-    UNROLL for (int r = 0; r < MC; r++) y[r * N + n] = _mm512_reduce_add_ps(a[r]);
+    UNROLL for (int r = 0; r < MC; r++) {
+        UNROLL for (int u = 1; u < U; u++) a[r][0] = _mm512_add_ps(a[r][0], a[r][u]);
+        y[r * N + n] = _mm512_reduce_add_ps(a[r][0]);
+    }
 }
 
 TARGET_BF16 static void nk_dp_columns(const void *x, int64_t M, int64_t K, const char *w,
