@@ -26,8 +26,13 @@ from tqdm import tqdm
 from gemma_server.errors import CheckpointError
 from gemma_server.model.config import GemmaConfig
 from gemma_server.model.hf_config import load_hf_config
-from gemma_server.model.params import Params, empty_tree, freeze, set_leaf, tensor_specs
-from gemma_server.model.quantize import QUANTIZATIONS, quantize_int8, quantized_leaf
+from gemma_server.model.params import FUSED, Params, empty_tree, freeze, set_leaf, tensor_specs
+from gemma_server.model.quantize import (
+    QUANTIZATIONS,
+    concat_columns,
+    quantize_int8,
+    quantized_leaf,
+)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -121,6 +126,10 @@ def load_params(path: Path, cfg: GemmaConfig, dtype: jnp.dtype, progress: bool =
             set_leaf(tree, spec.path, quantize_int8(tensor.T if spec.transpose else tensor, axis))
         del tensor
         _release_freed_memory()
+    for layer in tree["layers"]:
+        for fused, parts in FUSED.items():
+            layer[fused] = jax.block_until_ready(concat_columns([layer.pop(p) for p in parts]))
+            _release_freed_memory()
     return freeze(tree)
 
 

@@ -12,6 +12,7 @@ G = H / K queries per kv head, Hd head dim.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import jax
@@ -30,7 +31,7 @@ from gemma_server.model.layers import (
     soft_cap,
 )
 from gemma_server.model.lora import LayerStacks, LoraBatch, lora_delta
-from gemma_server.model.params import Params, compute_dtype
+from gemma_server.model.params import FUSED, Params, compute_dtype, fused_sizes
 from gemma_server.model.quantize import embed_rows
 
 _MASKED = -1e30  # finite: a query that sees nothing (padding) gets a uniform, not NaN, softmax
@@ -63,7 +64,7 @@ def forward(
     new_values: list[jax.Array] = []
     for i, lp in enumerate(params["layers"]):
         layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
-        proj = _projector(lp, None if lora is None else (lora.stacks[i], lora.ids))
+        proj = _projector(lp, cfg, None if lora is None else (lora.stacks[i], lora.ids))
         attn, written = _attention_block(proj, lp, rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps),
                                          positions, layer_cache, cfg, i, attend_len)
         if written is not None:
@@ -73,7 +74,8 @@ def forward(
             attn = rms_norm(attn, lp["post_attn_norm"], cfg.rms_norm_eps)
         x = x + attn
         h = rms_norm(x, lp["ffw_norm"], cfg.rms_norm_eps)
-        h = proj("down", gelu_tanh(proj("gate", h)) * proj("up", h))  # GeGLU
+        gate, up = proj("gate_up", h)
+        h = proj("down", gelu_tanh(gate) * up)[0]  # GeGLU
         if cfg.use_post_norms:
             h = rms_norm(h, lp["post_ffw_norm"], cfg.rms_norm_eps)
         x = x + h
@@ -95,17 +97,23 @@ def _head(params: Params, x: jax.Array) -> jax.Array:
     return logits_product(x, params["embed"], transposed=True)
 
 
-Projector = Callable[[str, jax.Array], jax.Array]
+Projector = Callable[[str, jax.Array], list[jax.Array]]
 
 
-def _projector(lp: Params, lora: tuple[LayerStacks, jax.Array] | None) -> Projector:
-    """`proj(name, x)`: the layer's projection `name`, plus each row's LoRA delta if any."""
+def _projector(lp: Params, cfg: GemmaConfig,
+               lora: tuple[LayerStacks, jax.Array] | None) -> Projector:
+    """`proj(name, x)`: the outputs of the layer's projection `name` (one, or each part of a
+    fused one: `qkv`, `gate_up`), each plus its row's LoRA delta if any."""
 
-    def proj(name: str, x: jax.Array) -> jax.Array:
+    def proj(name: str, x: jax.Array) -> list[jax.Array]:
         y = dense(x, lp[name])
+        parts = FUSED.get(name, (name,))
+        outs = [y] if len(parts) == 1 else \
+            jnp.split(y, list(itertools.accumulate(fused_sizes(cfg, name)))[:-1], axis=-1)
         if lora is not None:
-            y = y + lora_delta(x, lora[0][name], lora[1])
-        return y
+            outs = [out + lora_delta(x, lora[0][part], lora[1])
+                    for out, part in zip(outs, parts, strict=True)]
+        return outs
 
     return proj
 
@@ -122,9 +130,9 @@ def _attention_block(
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     b, t, _ = x.shape
     hd, k_heads = cfg.head_dim, cfg.num_kv_heads
-    q = proj("q", x).reshape(b, t, cfg.num_heads, hd)
-    k = proj("k", x).reshape(b, t, k_heads, hd)
-    v = proj("v", x).reshape(b, t, k_heads, hd)
+    q, k, v = proj("qkv", x)
+    q = q.reshape(b, t, cfg.num_heads, hd)
+    k, v = k.reshape(b, t, k_heads, hd), v.reshape(b, t, k_heads, hd)
     if cfg.use_qk_norm:  # Gemma 3 normalises q and k per head, before RoPE
         q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
         k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
@@ -159,7 +167,7 @@ def _attention_block(
         written = (kv.write(layer_cache[0], k, positions), kv.write(layer_cache[1], v, positions))
     out = _attend(qg, parts, positions, window, cfg)
     out = out.astype(x.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.num_heads * hd)
-    return proj("o", out), written
+    return proj("o", out)[0], written
 
 
 def _attend(

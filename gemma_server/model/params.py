@@ -8,6 +8,10 @@ Shapes (glossary of STYLE.md): V vocab, D model dim, H heads, K kv heads, Hd hea
     layers[i]: attn_norm [D]  q [D, H*Hd]  k, v [D, K*Hd]  o [H*Hd, D]
                q_norm, k_norm [Hd] (Gemma 3)   post_attn_norm, post_ffw_norm [D] (Gemma 2/3)
                ffw_norm [D]  gate, up [D, F]  down [F, D]
+
+Once loaded, projections that read the same input are fused along their output axis
+(`fuse_projections`): `qkv` [D, (H+2K)*Hd] and `gate_up` [D, 2F]. One product then streams
+all their weights in one pass: at decode, fewer and longer reads of memory.
 """
 
 from __future__ import annotations
@@ -67,6 +71,18 @@ def tensor_specs(cfg: GemmaConfig) -> list[TensorSpec]:
         spec("up", (d, f), "mlp.up_proj.weight", True)
         spec("down", (f, d), "mlp.down_proj.weight", True)
     return specs
+
+
+# fused name -> the projections it holds, in column order
+FUSED = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
+
+
+def fused_sizes(cfg: GemmaConfig, fused: str) -> tuple[int, ...]:
+    """Output widths of the parts of a fused projection, in column order."""
+    if fused == "qkv":
+        kv = cfg.num_kv_heads * cfg.head_dim
+        return cfg.num_heads * cfg.head_dim, kv, kv
+    return cfg.intermediate_size, cfg.intermediate_size
 
 
 def empty_tree(cfg: GemmaConfig) -> Params:

@@ -12,6 +12,8 @@ lookup dequantizes the rows it gathers.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -38,6 +40,14 @@ class Int8Weight:
     def dequantize(self, dtype: jnp.dtype) -> jax.Array:
         scale = self.scale[None, :] if self.channel_axis == 1 else self.scale[:, None]
         return (self.q.astype(jnp.float32) * scale).astype(dtype)
+
+
+def concat_columns(weights: list[Any]) -> Any:
+    """Matrices [in, out_i] side by side as [in, sum out_i], float or int8 (scales follow)."""
+    if isinstance(weights[0], Int8Weight):
+        return Int8Weight(q=jnp.concatenate([w.q for w in weights], axis=1),  # type: ignore[call-arg]
+                          scale=jnp.concatenate([w.scale for w in weights]), channel_axis=1)
+    return jnp.concatenate(weights, axis=1)
 
 
 def quantize_int8(w: jax.Array, channel_axis: int) -> Int8Weight:

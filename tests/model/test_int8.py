@@ -36,7 +36,7 @@ NEAR_TIE = 0.1  # nats
 @pytest.mark.parametrize("name", ARCHS)
 def test_int8_greedy_tokens_equal_goldens(name, dtype, tiny_model):
     model = tiny_model(name, dtype, "int8")
-    assert isinstance(model.params["layers"][0]["gate"], Int8Weight)
+    assert isinstance(model.params["layers"][0]["gate_up"], Int8Weight)
     assert isinstance(model.params["embed"], Int8Weight)
     reference = tiny_model(name, "float32")
     gold = golden(name)
