@@ -45,7 +45,7 @@ class Int8Weight:
 def concat_columns(weights: list[Any]) -> Any:
     """Matrices [in, out_i] side by side as [in, sum out_i], float or int8 (scales follow)."""
     if isinstance(weights[0], Int8Weight):
-        return Int8Weight(q=jnp.concatenate([w.q for w in weights], axis=1),  # type: ignore[call-arg]
+        return Int8Weight(q=jnp.concatenate([w.q for w in weights], axis=1),
                           scale=jnp.concatenate([w.scale for w in weights]), channel_axis=1)
     return jnp.concatenate(weights, axis=1)
 
