@@ -61,6 +61,10 @@ def load_into(state: ServerState, settings: ServerSettings,
     capacity = settings.lora_capacity(len(adapters))
     engine = Engine(model.checkpoint.params, model.checkpoint.config,
                     settings.engine_config(capacity), vocab_limit=model.tokenizer.vocab_size)
+    weights, kv_cache = engine.executor.memory_bytes()
+    log.info("memory plan: weights %.2f GB + KV cache %.2f GB (%d slots x %d tokens)",
+             weights / 1e9, kv_cache / 1e9, engine.executor.slots,
+             settings.max_total_tokens)
     engine.start(progress=lambda shape: log.info("compiling %s", shape))
     log.info("compiled in %.1f s; decode matmuls: %s", engine.executor.compile_seconds,
              describe_kernels())

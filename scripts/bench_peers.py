@@ -58,8 +58,9 @@ PEAK_GFLOPS = {"float32": 200.0, "bfloat16": 410.0, "int8": 200.0}
 
 
 def prompts(vocab: int, n: int, length: int, seed: int) -> list[list[int]]:
+    """Random token ids below `vocab` (the tokenizer's size: the server accepts no others)."""
     rng = np.random.default_rng(seed)
-    return [rng.integers(10, min(vocab, 30000), length).tolist() for _ in range(n)]
+    return [rng.integers(10, vocab, length).tolist() for _ in range(n)]
 
 
 # --- gemma_server, through its HTTP API ---
@@ -104,7 +105,8 @@ async def stream(client: httpx.AsyncClient, prompt: list[int], max_tokens: int) 
             "stream": True, "ignore_eos": True}
     start, times = time.perf_counter(), []
     async with client.stream("POST", "/v1/completions", json=body) as response:
-        response.raise_for_status()
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:300]!r}")
         async for line in response.aiter_lines():
             if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
                 chunk = json.loads(line[5:])
@@ -324,7 +326,9 @@ def main() -> None:
     from gemma_server.model.hf_config import config_from_hf_dict
 
     cfg = config_from_hf_dict(config)
-    vocab = cfg.vocab_size
+    from gemma_server.tokenizer import GemmaTokenizer
+
+    vocab = GemmaTokenizer(checkpoint / "tokenizer.model").vocab_size
     systems = args.systems.split(",")
     args.gguf_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, Any]]] = {}

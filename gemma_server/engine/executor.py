@@ -88,6 +88,13 @@ class Executor:
         self._insert: Any = None
         self.compile_seconds = 0.0
 
+    def memory_bytes(self) -> tuple[int, int]:
+        """(parameter bytes, KV cache bytes) this executor holds on its device."""
+        def total(tree: Any) -> int:
+            return sum(int(leaf.nbytes) for leaf in jax.tree_util.tree_leaves(tree))
+
+        return total(self.params), total(self.cache)
+
     # --- compilation -------------------------------------------------------------------------
 
     def warm_up(self, progress: Callable[[str], None] | None = None) -> float:

@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <vector>
@@ -79,8 +80,7 @@ TARGET static void kn_tile(const float *x, int64_t K, const char *w, int64_t N, 
     UNROLL for (int v = 0; v < NV; v++) mask[v] = lanes(N - n - 16 * v);
     UNROLL for (int r = 0; r < MC; r++)
         UNROLL for (int v = 0; v < NV; v++)
-            acc[r][v] = k0 == 0 ? _mm512_setzero_ps()
-                                : _mm512_maskz_loadu_ps(mask[v], y + r * N + n + 16 * v);
+            acc[r][v] = _mm512_maskz_loadu_ps(mask[v], y + r * N + n + 16 * v);
     for (int64_t k = k0; k < k1; k++) {
         const char *row = w + (k * N + n) * ELEM<KIND>;
         _mm_prefetch(row + PREFETCH, _MM_HINT_T0);
@@ -116,19 +116,19 @@ TARGET static void kn_block(const float *x, int64_t M, int64_t K, const char *w,
     }
 }
 
-/* Columns [n0, n1) of y = x @ W: stream W in panels of KPANEL rows, each panel left to right,
- * so the reads are KPANEL sequential streams and each weight is read from memory once. Few
- * rows of x take wide tiles (more bytes per stream visit); more rows take narrow ones. */
+/* y += x[:, k_begin:k_end] @ W[k_begin:k_end, :]: a contiguous block of W's rows, streamed in
+ * panels of KPANEL rows, each panel left to right (KPANEL sequential streams); each weight is
+ * read from memory once. Few rows of x take wide tiles, more rows narrow ones. */
 template <int KIND>
-TARGET static void kn_columns(const void *xv, int64_t M, int64_t K, const char *w, int64_t N,
-                              float *y, int64_t n0, int64_t n1) {
+TARGET static void kn_rows(const void *xv, int64_t M, int64_t K, const char *w, int64_t N,
+                           float *y, int64_t k_begin, int64_t k_end) {
     const float *x = static_cast<const float *>(xv);
-    for (int64_t k0 = 0; k0 < K; k0 += KPANEL) {
-        int64_t k1 = k0 + (int64_t)KPANEL < K ? k0 + (int64_t)KPANEL : K;
+    for (int64_t k0 = k_begin; k0 < k_end; k0 += KPANEL) {
+        int64_t k1 = k0 + (int64_t)KPANEL < k_end ? k0 + (int64_t)KPANEL : k_end;
         if (M <= 4)
-            for (int64_t n = n0; n < n1; n += 64) kn_block<KIND, 4>(x, M, K, w, N, y, n, k0, k1);
+            for (int64_t n = 0; n < N; n += 64) kn_block<KIND, 4>(x, M, K, w, N, y, n, k0, k1);
         else
-            for (int64_t n = n0; n < n1; n += 32) kn_block<KIND, 2>(x, M, K, w, N, y, n, k0, k1);
+            for (int64_t n = 0; n < N; n += 32) kn_block<KIND, 2>(x, M, K, w, N, y, n, k0, k1);
     }
 }
 
@@ -230,13 +230,9 @@ TARGET_BF16 static void kn_dp_tile(const uint32_t *xp, int64_t K, const uint16_t
     __m512 lo[MC], hi[MC];
     const __m512i to_lo = lane_columns(0), to_hi = lane_columns(1);
     UNROLL for (int r = 0; r < MC; r++) {
-        if (k0 == 0) {
-            lo[r] = hi[r] = _mm512_setzero_ps();
-        } else {
-            __m512 a = _mm512_loadu_ps(y + r * N + n), b = _mm512_loadu_ps(y + r * N + n + 16);
-            lo[r] = _mm512_permutex2var_ps(a, to_lo, b);
-            hi[r] = _mm512_permutex2var_ps(a, to_hi, b);
-        }
+        __m512 a = _mm512_loadu_ps(y + r * N + n), b = _mm512_loadu_ps(y + r * N + n + 16);
+        lo[r] = _mm512_permutex2var_ps(a, to_lo, b);
+        hi[r] = _mm512_permutex2var_ps(a, to_hi, b);
     }
     for (int64_t k = k0; k < k1; k += 2) {
         __m512i a = _mm512_loadu_si512(w + k * N + n), b = _mm512_loadu_si512(w + (k + 1) * N + n);
@@ -257,13 +253,13 @@ TARGET_BF16 static void kn_dp_tile(const uint32_t *xp, int64_t K, const uint16_t
     }
 }
 
-TARGET_BF16 static void kn_dp_columns(const void *x, int64_t M, int64_t K, const char *w,
-                                      int64_t N, float *y, int64_t n0, int64_t n1) {
+TARGET_BF16 static void kn_dp_rows(const void *x, int64_t M, int64_t K, const char *w,
+                                   int64_t N, float *y, int64_t k_begin, int64_t k_end) {
     const uint32_t *xp = static_cast<const uint32_t *>(x); /* pairs, see pack_pairs */
     const uint16_t *wb = reinterpret_cast<const uint16_t *>(w);
-    for (int64_t k0 = 0; k0 < K; k0 += KPANEL) {
-        int64_t k1 = k0 + (int64_t)KPANEL < K ? k0 + (int64_t)KPANEL : K;
-        for (int64_t n = n0; n < n1; n += 32)
+    for (int64_t k0 = k_begin; k0 < k_end; k0 += KPANEL) {
+        int64_t k1 = k0 + (int64_t)KPANEL < k_end ? k0 + (int64_t)KPANEL : k_end;
+        for (int64_t n = 0; n < N; n += 32)
             for (int64_t m = 0; m < M; m += 8) {
                 const uint32_t *xm = xp + m * (K / 2);
                 float *ym = y + m * N;
@@ -336,8 +332,9 @@ static bool has_bf16_dot() {
 
 /* ---- driver and XLA FFI bindings ------------------------------------------------------ */
 
-typedef void (*columns_fn)(const void *, int64_t, int64_t, const char *, int64_t, float *,
-                           int64_t, int64_t);
+/* y (+)= the product over [begin, end): K-rows of W for `x @ W`, output columns for `x @ W^T` */
+typedef void (*part_fn)(const void *, int64_t, int64_t, const char *, int64_t, float *, int64_t,
+                        int64_t);
 
 extern "C" int gs_cpu_supported(void) {
     __builtin_cpu_init();
@@ -348,50 +345,71 @@ extern "C" int gs_cpu_supported(void) {
 
 namespace ffi = xla::ffi;
 
-/* One product split into `parts` column ranges. The calling thread runs part 0 and every part
- * no pool thread has started yet; it then waits only for parts another thread is running.
- * So it never waits for a task still queued behind busy threads (XLA may run several custom
- * calls at once on its small pool), and a task that starts late finds nothing left to do.
- * The state is shared with the tasks, which may outlive the call. */
+/* One product split into chunks that the calling thread and XLA's idle pool threads claim one
+ * at a time (an atomic counter): a pool thread that wakes up late still takes its share, and
+ * the caller never waits for a chunk nobody has started (XLA may run several custom calls at
+ * once on its small pool). The state is shared with the tasks, which may outlive the call and
+ * then find nothing left to claim.
+ *
+ * Chunks are contiguous blocks of W, so each one is a sequential read: for `x @ W` ([K, N])
+ * blocks of rows of W, each participant adding into its own zeroed partial y, summed at the
+ * end; for `x @ W^T` ([N, K]) blocks of W's rows are blocks of y's columns, written directly. */
+#ifndef CHUNKS_PER_THREAD
+#define CHUNKS_PER_THREAD 4
+#endif
 struct Split {
-    columns_fn columns;
+    part_fn part;
+    bool over_k;  /* chunks are row blocks of a [K, N] W (partial sums), else of [N, K] */
     const void *x;
-    int64_t M, K, N, align, parts;
+    int64_t M, K, N, units, unit, chunks, participants;
     const char *w;
     const float *scale;
     float *y;
     std::vector<uint32_t> pairs;
-    std::unique_ptr<std::atomic<bool>[]> claimed;
-    std::atomic<int64_t> done{0};
+    std::vector<float> partials; /* (participants - 1) x M x N */
+    std::atomic<int64_t> next{0}, done{0}, joined{1};
 
-    void run_part(int64_t t) {
-        if (claimed[t].exchange(true, std::memory_order_acq_rel)) return;
-        int64_t units = (N + align - 1) / align;
-        int64_t n0 = units * t / parts * align, n1 = units * (t + 1) / parts * align;
-        if (n1 > N) n1 = N;
-        if (n0 < n1) {
-            columns(x, M, K, w, N, y, n0, n1);
-            if (scale)
-                for (int64_t m = 0; m < M; m++)
-                    for (int64_t n = n0; n < n1; n++) y[m * N + n] *= scale[n];
+    void work(int64_t id) {
+        float *out = id == 0 ? y : partials.data() + (id - 1) * M * N;
+        int64_t extent = over_k ? K : N;
+        for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
+            int64_t b = units * c / chunks * unit, e = units * (c + 1) / chunks * unit;
+            if (e > extent) e = extent;
+            if (b < e) part(x, M, K, w, N, over_k ? out : y, b, e);
+            done.fetch_add(1, std::memory_order_acq_rel);
         }
-        done.fetch_add(1, std::memory_order_acq_rel);
+    }
+
+    void help() {
+        int64_t id = joined.fetch_add(1, std::memory_order_relaxed);
+        if (id < participants) work(id);
     }
 };
 
 static void run(ffi::ThreadPool &pool, std::shared_ptr<Split> split) {
-    /* At least 256 columns a part: below that scheduling costs more than it saves. */
+    Split &s = *split;
     int64_t threads = pool.num_threads() > 0 ? pool.num_threads() : 1;
-    int64_t most = (split->N + 255) / 256;
-    split->parts = threads < most ? threads : (most > 0 ? most : 1);
-    split->claimed.reset(new std::atomic<bool>[split->parts]);
-    for (int64_t t = 0; t < split->parts; t++) split->claimed[t].store(false);
-    for (int64_t t = 1; t < split->parts; t++) pool.Schedule([split, t] { split->run_part(t); });
-    for (int64_t t = 0; t < split->parts; t++) split->run_part(t);
-    while (split->done.load(std::memory_order_acquire) < split->parts) _mm_pause();
+    int64_t extent = s.over_k ? s.K : s.N;
+    s.units = (extent + s.unit - 1) / s.unit;
+    /* Chunks of at least 128 K-rows or 256 output rows: smaller ones cost more than they save. */
+    int64_t most = (extent + (s.over_k ? 127 : 255)) / (s.over_k ? 128 : 256);
+    int64_t want = threads * CHUNKS_PER_THREAD;
+    s.chunks = want < most ? want : (most > 0 ? most : 1);
+    s.participants = threads < s.chunks ? threads : s.chunks;
+    std::fill(s.y, s.y + s.M * s.N, 0.0f);
+    if (s.over_k) s.partials.assign((size_t)((s.participants - 1) * s.M * s.N), 0.0f);
+    for (int64_t t = 1; t < s.participants; t++) pool.Schedule([split] { split->help(); });
+    s.work(0);
+    while (s.done.load(std::memory_order_acquire) < s.chunks) _mm_pause();
+    if (s.over_k)
+        for (int64_t p = 1; p < s.participants; p++) {
+            const float *partial = s.partials.data() + (p - 1) * s.M * s.N;
+            for (int64_t i = 0; i < s.M * s.N; i++) s.y[i] += partial[i];
+        }
+    if (s.scale)
+        for (int64_t m = 0; m < s.M; m++)
+            for (int64_t n = 0; n < s.N; n++) s.y[m * s.N + n] *= s.scale[n];
 }
-
-
 
 /* x [M, K] float32; w [K, N] ("kn") or [N, K] ("nk"); scale [N] float32 for int8 weights. */
 static ffi::Error product(ffi::ThreadPool &pool, bool transposed, ffi::Buffer<ffi::F32> x,
@@ -401,18 +419,18 @@ static ffi::Error product(ffi::ThreadPool &pool, bool transposed, ffi::Buffer<ff
     const int64_t M = xd[0], K = xd[1], N = transposed ? wd[0] : wd[1];
     if ((transposed ? wd[1] : wd[0]) != K) return ffi::Error::InvalidArgument("K mismatch");
     auto split = std::make_shared<Split>();
-    columns_fn &columns = split->columns;
+    part_fn &part = split->part;
     bool pairs = false;
     switch (w.element_type()) {
         case ffi::DataType::BF16:
             pairs = has_bf16_dot() && N % 32 == 0 && K % 32 == 0;
             if (pairs)
-                columns = transposed ? nk_dp_columns : kn_dp_columns;
+                part = transposed ? nk_dp_columns : kn_dp_rows;
             else
-                columns = transposed ? nk_columns<W_BF16> : kn_columns<W_BF16>;
+                part = transposed ? nk_columns<W_BF16> : kn_rows<W_BF16>;
             break;
         case ffi::DataType::S8:
-            columns = transposed ? nk_columns<W_I8> : kn_columns<W_I8>; break;
+            part = transposed ? nk_columns<W_I8> : kn_rows<W_I8>; break;
         default: return ffi::Error::InvalidArgument("weights must be bf16 or s8");
     }
     if ((w.element_type() == ffi::DataType::S8) != (scale != nullptr))
@@ -423,7 +441,9 @@ static ffi::Error product(ffi::ThreadPool &pool, bool transposed, ffi::Buffer<ff
         pack_pairs(x.typed_data(), M, K, split->pairs.data());
         split->x = split->pairs.data();
     }
-    split->M = M, split->K = K, split->N = N, split->align = transposed ? 16 : 64;
+    split->M = M, split->K = K, split->N = N;
+    split->over_k = !transposed;
+    split->unit = transposed ? 16 : KPANEL; /* K blocks stay even: bfloat16 row pairs */
     split->w = static_cast<const char *>(w.untyped_data());
     split->scale = scale, split->y = y->typed_data();
     run(pool, split);
