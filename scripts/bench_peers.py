@@ -26,8 +26,9 @@ with a KV cache in eager PyTorch. Same work everywhere, greedy, `--threads` thre
   rate = 16 / median time per step (for the server: per inter-token gap of its streams);
 - prefill 1500: time to the first token of a 1500-token prompt; rate = 1500 / that time.
 
-Roofline: batch-1 fraction = weight bytes read per token × rate ÷ `--bandwidth-gbs` (38 GB/s
-measured on the development machine, ../shared/spec/performance.md); b16 fraction against
+Roofline: batch-1 fraction = weight bytes read per token × rate ÷ the memory read bandwidth,
+measured at the start of the run (`--threads` NumPy threads reading their part of a 1 GiB
+array; or `--bandwidth-gbs`); b16 fraction against
 16 / max(bytes / bandwidth, 2·params·16 / peak FLOP/s) with 200 (f32/int8) or 410 (bf16)
 GFLOP/s.
 """
@@ -61,6 +62,22 @@ def prompts(vocab: int, n: int, length: int, seed: int) -> list[list[int]]:
     """Random token ids below `vocab` (the tokenizer's size: the server accepts no others)."""
     rng = np.random.default_rng(seed)
     return [rng.integers(10, vocab, length).tolist() for _ in range(n)]
+
+
+def measure_bandwidth(threads: int) -> float:
+    """Read bandwidth in GB/s: `threads` threads each taking the max of their part of a 1 GiB
+    array (a SIMD streaming read; NumPy releases the GIL; best of 5)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = np.ones(1 << 28, np.float32)
+    parts = np.array_split(data, threads)
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(5):
+            start = time.perf_counter()
+            list(pool.map(np.max, parts))
+            best = min(best, time.perf_counter() - start)
+    return data.nbytes / best / 1e9
 
 
 # --- gemma_server, through its HTTP API ---
@@ -316,7 +333,8 @@ def main() -> None:
     parser.add_argument("--systems", default="gemma_server,llama.cpp,transformers")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--bandwidth-gbs", type=float, default=38.0)
+    parser.add_argument("--bandwidth-gbs", type=float,
+                        help="memory read bandwidth for the roofline (default: measured)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--gguf-dir", type=Path, default=Path("/tmp/gemma_server_gguf"))
     parser.add_argument("--json", type=Path)
@@ -329,6 +347,7 @@ def main() -> None:
     from gemma_server.tokenizer import GemmaTokenizer
 
     vocab = GemmaTokenizer(checkpoint / "tokenizer.model").vocab_size
+    bandwidth = args.bandwidth_gbs or measure_bandwidth(args.threads)
     systems = args.systems.split(",")
     args.gguf_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, Any]]] = {}
@@ -348,10 +367,11 @@ def main() -> None:
         results[dtype] = row
         print(json.dumps({dtype: row}), flush=True)
     print(f"\n{checkpoint.name}: {cfg.num_params() / 1e6:.1f} M parameters, {args.threads} "
-          f"threads, bandwidth {args.bandwidth_gbs} GB/s")
-    print("\n".join(report(results, cfg, args.bandwidth_gbs)))
+          f"threads, memory read bandwidth {bandwidth:.1f} GB/s")
+    print("\n".join(report(results, cfg, bandwidth)))
     if args.json:
-        args.json.write_text(json.dumps({"checkpoint": str(checkpoint), "results": results},
+        args.json.write_text(json.dumps({"checkpoint": str(checkpoint), "threads": args.threads,
+                                         "bandwidth_gbs": bandwidth, "results": results},
                                         indent=2) + "\n")
 
 

@@ -10,8 +10,6 @@ prefixes and tied or separate heads are accepted; every inconsistency fails with
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
 import json
 import re
@@ -24,6 +22,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from gemma_server.errors import CheckpointError
+from gemma_server.host_memory import release_freed_memory
 from gemma_server.model.config import GemmaConfig
 from gemma_server.model.hf_config import load_hf_config
 from gemma_server.model.params import FUSED, Params, empty_tree, freeze, set_leaf, tensor_specs
@@ -125,11 +124,11 @@ def load_params(path: Path, cfg: GemmaConfig, dtype: jnp.dtype, progress: bool =
         else:  # from the checkpoint's own values, not from a dtype-rounded copy
             set_leaf(tree, spec.path, quantize_int8(tensor.T if spec.transpose else tensor, axis))
         del tensor
-        _release_freed_memory()
+        release_freed_memory()
     for layer in tree["layers"]:
         for fused, parts in FUSED.items():
             layer[fused] = jax.block_until_ready(concat_columns([layer.pop(p) for p in parts]))
-            _release_freed_memory()
+            release_freed_memory()
     return freeze(tree)
 
 
@@ -138,27 +137,6 @@ def _convert(tensor: jax.Array, dtype: jnp.dtype, transpose: bool) -> jax.Array:
     if transpose:
         out = out.T  # eager: a new buffer in our layout; the source one is freed
     return jax.block_until_ready(out)
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name and hasattr(ctypes.CDLL(name), "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_LIBC = _load_libc()
-
-
-def _release_freed_memory() -> None:
-    """Give freed source buffers back to the OS (glibc keeps them otherwise).
-
-    Without this, loading a 1 GB bfloat16 checkpoint peaks at ~1.4x the weights; with it,
-    ~1.05x (scripts/measure_load_memory.py).
-    """
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
 
 
 def _tensor_index(path: Path) -> dict[str, tuple[Path, str]]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -125,3 +128,17 @@ def test_decode_reading_a_cache_prefix_equals_reading_all_of_it(name, tiny_model
     full, _ = step(model.params, token, position, cache, model.config)
     short, _ = step(model.params, token, position, cache, model.config, attend_len=32)
     np.testing.assert_allclose(np.asarray(short), np.asarray(full), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_attention_in_query_blocks_equals_attention_at_once(name, tiny_model, monkeypatch):
+    """Long prefill chunks attend in blocks of queries (memory); blocks of 8 here, so the
+    40-token full forward and the 16-token chunks after a cached prefix are all blocked."""
+    forward_module = importlib.import_module("gemma_server.model.forward")
+    model, ids = tiny_model(name), _prompt(name)
+    reference = _full_logits(model, ids)
+    monkeypatch.setattr(forward_module, "QUERY_BLOCK", 8)
+    jax.clear_caches()  # retrace: the compiled forward passes saw the old block size
+    np.testing.assert_allclose(_full_logits(model, ids), reference, atol=TOLERANCE, rtol=0)
+    cached = _run_chunks(model, ids, [8, 16, 16])
+    np.testing.assert_allclose(cached, reference, atol=TOLERANCE, rtol=0)
