@@ -51,7 +51,7 @@ def _library() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(path))
     if not lib.gs_cpu_supported():
         return None
-    for name in ("gs_mm_kn", "gs_mm_nk", "gs_mm_kn_scaled", "gs_mm_nk_scaled"):
+    for name in ("gs_matmul", "gs_matmul_scaled"):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
     return lib
 
@@ -78,21 +78,20 @@ def wanted(rows: int, weight_dtype: jnp.dtype) -> bool:
     return rows <= MAX_ROWS and jnp.dtype(weight_dtype) in _WEIGHT_DTYPES and available()
 
 
-def matmul(x: jax.Array, w: jax.Array, scale: jax.Array | None = None, *,
-           transposed: bool = False) -> jax.Array:
-    """float32 `x @ w` (or `x @ w.T` when `transposed`), times `scale` per output column.
+def matmul(x: jax.Array, w: jax.Array, scale: jax.Array | None = None) -> jax.Array:
+    """float32 `x @ w.T`, times `scale` per output (row of w).
 
-    x: [..., K] any float dtype; w: [K, N] (or [N, K]) bfloat16 or int8; scale: [N] float32,
-    required for int8. Only call when `wanted(...)` is true.
+    x: [..., K] any float dtype; w: [N, K] bfloat16 or int8; scale: [N] float32, required for
+    int8. Only call when `wanted(...)` is true.
     """
     if _library() is None:
         raise RuntimeError("the CPU kernels are not available here")
     k = x.shape[-1]
-    n = w.shape[0] if transposed else w.shape[1]
+    n = w.shape[0]
     lead = x.shape[:-1]
     rows = int(np.prod(lead)) if lead else 1
     operands = [x.reshape(rows, k).astype(jnp.float32), w]
-    name = "gs_mm_nk" if transposed else "gs_mm_kn"
+    name = "gs_matmul"
     if jnp.dtype(w.dtype) == jnp.int8:
         if scale is None:
             raise ValueError("int8 weights need their per-column scales")

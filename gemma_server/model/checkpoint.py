@@ -1,11 +1,11 @@
 """Load a Hugging Face Gemma checkpoint (safetensors) into our parameter tree.
 
-Tensors are read one at a time from memory-mapped safetensors files, cast to the target dtype
-and transposed to our `[in, out]` layout before the next is read, so peak memory stays near one
-copy of the weights in the target dtype. Single files, sharded checkpoints with
-`model.safetensors.index.json`, the `model.` / `language_model.model.` / `model.language_model.`
-prefixes and tied or separate heads are accepted; every inconsistency fails with a
-`CheckpointError` naming the tensor or file.
+Tensors are read one at a time from memory-mapped safetensors files and cast to the target
+dtype (or quantized) before the next is read, so peak memory stays near one copy of the
+weights in the target dtype; our layout is HF's own (params.py). Single files, sharded
+checkpoints with `model.safetensors.index.json`, the `model.` / `language_model.model.` /
+`model.language_model.` prefixes and tied or separate heads are accepted; every
+inconsistency fails with a `CheckpointError` naming the tensor or file.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from gemma_server.model.hf_config import load_hf_config
 from gemma_server.model.params import FUSED, Params, empty_tree, freeze, set_leaf, tensor_specs
 from gemma_server.model.quantize import (
     QUANTIZATIONS,
-    concat_columns,
     quantize_int8,
     quantized_leaf,
+    stack_rows,
 )
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -112,31 +112,23 @@ def load_params(path: Path, cfg: GemmaConfig, dtype: jnp.dtype, progress: bool =
         file, key = index[spec.hf_name]
         with safe_open(file, framework="flax") as f:
             tensor = f.get_tensor(key)
-        source_shape = spec.shape[::-1] if spec.transpose else spec.shape
-        if tuple(tensor.shape) != source_shape:
+        if tuple(tensor.shape) != spec.shape:
             raise CheckpointError(
                 f"{file.name}: tensor {key} has shape {list(tensor.shape)}, "
-                f"expected {list(source_shape)} for this config"
+                f"expected {list(spec.shape)} for this config"
             )
         axis = quantized_leaf(spec.path) if quantize == "int8" else None
         if axis is None:
-            set_leaf(tree, spec.path, _convert(tensor, dtype, spec.transpose))
+            set_leaf(tree, spec.path, jax.block_until_ready(tensor.astype(dtype)))
         else:  # from the checkpoint's own values, not from a dtype-rounded copy
-            set_leaf(tree, spec.path, quantize_int8(tensor.T if spec.transpose else tensor, axis))
+            set_leaf(tree, spec.path, quantize_int8(tensor, axis))
         del tensor
         release_freed_memory()
     for layer in tree["layers"]:
         for fused, parts in FUSED.items():
-            layer[fused] = jax.block_until_ready(concat_columns([layer.pop(p) for p in parts]))
+            layer[fused] = jax.block_until_ready(stack_rows([layer.pop(p) for p in parts]))
             release_freed_memory()
     return freeze(tree)
-
-
-def _convert(tensor: jax.Array, dtype: jnp.dtype, transpose: bool) -> jax.Array:
-    out = tensor.astype(dtype)
-    if transpose:
-        out = out.T  # eager: a new buffer in our layout; the source one is freed
-    return jax.block_until_ready(out)
 
 
 def _tensor_index(path: Path) -> dict[str, tuple[Path, str]]:

@@ -25,7 +25,7 @@ from gemma_server.model.layers import (
     F32,
     dense,
     gelu_tanh,
-    logits_product,
+    project,
     rms_norm,
     rope,
     soft_cap,
@@ -92,9 +92,7 @@ def forward(
 
 def _head(params: Params, x: jax.Array) -> jax.Array:
     """Output projection: the tied embedding (not scaled by the normalizer) or a separate head."""
-    if "lm_head" in params:
-        return logits_product(x, params["lm_head"], transposed=False)
-    return logits_product(x, params["embed"], transposed=True)
+    return project(x, params["lm_head"] if "lm_head" in params else params["embed"])
 
 
 Projector = Callable[[str, jax.Array], list[jax.Array]]

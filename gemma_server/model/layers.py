@@ -29,25 +29,21 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
 
 
 def dense(x: jax.Array, w: Weight) -> jax.Array:
-    """`x @ w` accumulated in float32 (fast and accurate for bfloat16), in x's dtype.
+    """`x @ w.T` accumulated in float32 (fast and accurate for bfloat16), in x's dtype."""
+    return project(x, w).astype(x.dtype)
 
-    w is `[in, out]`, float or int8-quantized per output column. Decode-sized products on
-    CPU go to our kernels, which stream the weights at memory speed (kernels/cpu_matmul.py).
+
+def project(x: jax.Array, w: Weight) -> jax.Array:
+    """float32 `x @ w.T` for w `[out, in]`, float or int8-quantized per row (output channel).
+
+    Decode-sized products on CPU go to our kernels, which stream the weights at memory speed
+    (kernels/cpu_matmul.py); everything else to XLA.
     """
-    return _product(x, w, transposed=False).astype(x.dtype)
-
-
-def logits_product(x: jax.Array, w: Weight, transposed: bool) -> jax.Array:
-    """float32 `x @ w`, or `x @ w.T` for a tied head whose weight is the `[V, D]` embedding."""
-    return _product(x, w, transposed)
-
-
-def _product(x: jax.Array, w: Weight, transposed: bool) -> jax.Array:
     rows = math.prod(x.shape[:-1])
     q, scale = (w.q, w.scale) if isinstance(w, Int8Weight) else (w, None)
     if cpu_matmul.wanted(rows, q.dtype):
-        return cpu_matmul.matmul(x, q, scale, transposed=transposed)
-    dims = (((x.ndim - 1,), (1 if transposed else 0,)), ((), ()))
+        return cpu_matmul.matmul(x, q, scale)
+    dims = (((x.ndim - 1,), (1,)), ((), ()))
     operand = q.astype(x.dtype) if scale is not None else q
     y = jax.lax.dot_general(x, operand, dims, preferred_element_type=F32)
     return y if scale is None else y * scale

@@ -1,17 +1,19 @@
 """The parameter tree of the decoder and how it maps onto Hugging Face tensor names.
 
-Our layout stores every projection as `[in, out]` so the forward pass is plain `x @ W`
-(HF stores PyTorch's `[out, in]`; the loader transposes once, at load time, never per step).
+Every matrix keeps Hugging Face's `[out, in]` orientation and the forward pass computes
+`x @ W.T`: each output is the dot product of x with one contiguous row of W, so a decode step
+reads every matrix front to back (what the CPU kernels need to stream at memory speed), the
+tied head is the embedding as is, and loading never transposes.
 Shapes (glossary of STYLE.md): V vocab, D model dim, H heads, K kv heads, Hd head dim, F MLP.
 
-    embed [V, D]   final_norm [D]   lm_head [D, V] (only when the head is not tied)
-    layers[i]: attn_norm [D]  q [D, H*Hd]  k, v [D, K*Hd]  o [H*Hd, D]
+    embed [V, D]   final_norm [D]   lm_head [V, D] (only when the head is not tied)
+    layers[i]: attn_norm [D]  q [H*Hd, D]  k, v [K*Hd, D]  o [D, H*Hd]
                q_norm, k_norm [Hd] (Gemma 3)   post_attn_norm, post_ffw_norm [D] (Gemma 2/3)
-               ffw_norm [D]  gate, up [D, F]  down [F, D]
+               ffw_norm [D]  gate, up [F, D]  down [D, F]
 
-Once loaded, projections that read the same input are fused along their output axis
-(`fuse_projections`): `qkv` [D, (H+2K)*Hd] and `gate_up` [D, 2F]. One product then streams
-all their weights in one pass: at decode, fewer and longer reads of memory.
+Once loaded, projections that read the same input are stacked along their output axis
+(see FUSED): `qkv` [(H+2K)*Hd, D] and `gate_up` [2F, D]. One product then streams all their
+weights in one pass: at decode, fewer and longer reads of memory.
 """
 
 from __future__ import annotations
@@ -33,29 +35,28 @@ class TensorSpec:
     path: tuple[str | int, ...]
     shape: tuple[int, ...]
     hf_name: str  # without the `model.` prefix, except `lm_head.weight`
-    transpose: bool  # HF stores [out, in]; we store [in, out]
 
 
 def tensor_specs(cfg: GemmaConfig) -> list[TensorSpec]:
     d, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     q_out, kv_out = cfg.num_heads * hd, cfg.num_kv_heads * hd
     specs = [
-        TensorSpec(("embed",), (cfg.vocab_size, d), "embed_tokens.weight", False),
-        TensorSpec(("final_norm",), (d,), "norm.weight", False),
+        TensorSpec(("embed",), (cfg.vocab_size, d), "embed_tokens.weight"),
+        TensorSpec(("final_norm",), (d,), "norm.weight"),
     ]
     if not cfg.tie_word_embeddings:
-        specs.append(TensorSpec(("lm_head",), (d, cfg.vocab_size), "lm_head.weight", True))
+        specs.append(TensorSpec(("lm_head",), (cfg.vocab_size, d), "lm_head.weight"))
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
 
-        def spec(key: str, shape: tuple[int, ...], name: str, transpose: bool = False) -> None:
-            specs.append(TensorSpec(("layers", i, key), shape, p + name, transpose))  # noqa: B023
+        def spec(key: str, shape: tuple[int, ...], name: str) -> None:
+            specs.append(TensorSpec(("layers", i, key), shape, p + name))  # noqa: B023
 
         spec("attn_norm", (d,), "input_layernorm.weight")
-        spec("q", (d, q_out), "self_attn.q_proj.weight", True)
-        spec("k", (d, kv_out), "self_attn.k_proj.weight", True)
-        spec("v", (d, kv_out), "self_attn.v_proj.weight", True)
-        spec("o", (q_out, d), "self_attn.o_proj.weight", True)
+        spec("q", (q_out, d), "self_attn.q_proj.weight")
+        spec("k", (kv_out, d), "self_attn.k_proj.weight")
+        spec("v", (kv_out, d), "self_attn.v_proj.weight")
+        spec("o", (d, q_out), "self_attn.o_proj.weight")
         if cfg.use_qk_norm:
             spec("q_norm", (hd,), "self_attn.q_norm.weight")
             spec("k_norm", (hd,), "self_attn.k_norm.weight")
@@ -67,9 +68,9 @@ def tensor_specs(cfg: GemmaConfig) -> list[TensorSpec]:
             spec("post_ffw_norm", (d,), "post_feedforward_layernorm.weight")
         else:
             spec("ffw_norm", (d,), "post_attention_layernorm.weight")
-        spec("gate", (d, f), "mlp.gate_proj.weight", True)
-        spec("up", (d, f), "mlp.up_proj.weight", True)
-        spec("down", (f, d), "mlp.down_proj.weight", True)
+        spec("gate", (f, d), "mlp.gate_proj.weight")
+        spec("up", (f, d), "mlp.up_proj.weight")
+        spec("down", (d, f), "mlp.down_proj.weight")
     return specs
 
 

@@ -5,9 +5,9 @@ halves bfloat16's. Activations, norms, the KV cache and all accumulation stay in
 dtype / float32; only the big matrices are quantized (symmetric, round to nearest, scale =
 max |w| / 127 over each output channel), when the checkpoint is loaded.
 
-Output channels: a projection stored `[in, out]` has one scale per column; the embedding
-`[V, D]` has one per row, which is the output channel of the tied head (`x @ E^T`), and the
-lookup dequantizes the rows it gathers.
+Output channels: every matrix is stored `[out, in]` (params.py), so each row has one scale;
+for the embedding `[V, D]` a row is both a token's vector (the lookup dequantizes the rows it
+gathers) and an output channel of the tied head.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Int8Weight:
 
     q: jax.Array  # int8, the float weight's shape
     scale: jax.Array  # float32, one per output channel
-    channel_axis: int = struct.field(pytree_node=False, default=1)
+    channel_axis: int = struct.field(pytree_node=False, default=0)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -42,12 +42,13 @@ class Int8Weight:
         return (self.q.astype(jnp.float32) * scale).astype(dtype)
 
 
-def concat_columns(weights: list[Any]) -> Any:
-    """Matrices [in, out_i] side by side as [in, sum out_i], float or int8 (scales follow)."""
+def stack_rows(weights: list[Any]) -> Any:
+    """Matrices [out_i, in] one above the other as [sum out_i, in], float or int8 (with
+    their scales)."""
     if isinstance(weights[0], Int8Weight):
-        return Int8Weight(q=jnp.concatenate([w.q for w in weights], axis=1),
-                          scale=jnp.concatenate([w.scale for w in weights]), channel_axis=1)
-    return jnp.concatenate(weights, axis=1)
+        return Int8Weight(q=jnp.concatenate([w.q for w in weights]),
+                          scale=jnp.concatenate([w.scale for w in weights]), channel_axis=0)
+    return jnp.concatenate(weights)
 
 
 def quantize_int8(w: jax.Array, channel_axis: int) -> Int8Weight:
@@ -64,11 +65,8 @@ def quantize_int8(w: jax.Array, channel_axis: int) -> Int8Weight:
 
 def quantized_leaf(path: tuple[str | int, ...]) -> int | None:
     """The output-channel axis of a parameter that int8 quantizes, or None to keep it as is."""
-    name = path[-1]
-    if name == "embed":
-        return 0
-    if name in ("lm_head", "q", "k", "v", "o", "gate", "up", "down"):
-        return 1
+    if path[-1] in ("embed", "lm_head", "q", "k", "v", "o", "gate", "up", "down"):
+        return 0  # rows: see the module docstring
     return None
 
 

@@ -88,7 +88,7 @@ def random_tensors(
     """HF-named tensors ([out, in] orientation) with deterministic random values."""
     tensors = {}
     for t in tensor_specs(cfg):
-        shape = t.shape[::-1] if t.transpose else t.shape
+        shape = t.shape
         name = t.hf_name if t.hf_name == "lm_head.weight" else prefix + t.hf_name
         if name.endswith("norm.weight"):
             std = spec.norm_std

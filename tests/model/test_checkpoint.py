@@ -69,8 +69,8 @@ def test_untied_head_is_loaded_and_used(tiny_model):
     checkpoint = tiny_model("tiny-gemma2")
     assert not checkpoint.config.tie_word_embeddings
     head, embed = checkpoint.params["lm_head"], checkpoint.params["embed"]
-    assert head.shape == embed.shape[::-1]
-    assert not np.allclose(np.asarray(head), np.asarray(embed).T)
+    assert head.shape == embed.shape  # [V, D], both in HF's orientation
+    assert not np.allclose(np.asarray(head), np.asarray(embed))
 
 
 def test_bfloat16_checkpoint_files_load_as_float32(tmp_path, reference):
