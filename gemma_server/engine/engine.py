@@ -189,7 +189,8 @@ class Engine:
             # Choice i of a seeded request draws from seed + i: reproducible, and distinct.
             seed = (admitted.seed + index) % 2**64
             self.executor.insert(slot, admitted.request.sampling, seed,
-                                 admitted.request.adapter_id or 0)
+                                 admitted.request.adapter_id or 0,
+                                 top_logprobs=bool(admitted.request.logprobs))
 
     def _prefill(self, plan: PrefillPlan) -> None:
         rows, bucket, slots_count = plan.rows, plan.bucket, self.executor.slots

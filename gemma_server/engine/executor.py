@@ -160,8 +160,10 @@ class Executor:
                             compute_dtype(self.params))
         self.lora = self._set_adapter(self.lora, jnp.int32(row), rows)
 
-    def insert(self, slot: int, sampling: SamplingParams, seed: int, adapter: int = 0) -> None:
-        """Install a request's sampling parameters, 64-bit seed and LoRA row into a slot."""
+    def insert(self, slot: int, sampling: SamplingParams, seed: int, adapter: int = 0,
+               top_logprobs: bool = False) -> None:
+        """Install a request's sampling parameters, 64-bit seed, LoRA row and whether it wants
+        top logprobs into a slot."""
         bias_ids = np.full((1, MAX_LOGIT_BIAS), self.cfg.vocab_size, np.int32)
         bias_values = np.zeros((1, MAX_LOGIT_BIAS), np.float32)
         for j, (token, bias) in enumerate(sampling.logit_bias):
@@ -181,6 +183,7 @@ class Executor:
             presence_penalty=f32(sampling.presence_penalty),
             key_data=jnp.asarray([[seed >> 32, seed & 0xFFFFFFFF]], jnp.uint32),
             adapter=jnp.asarray([adapter], jnp.int32),
+            wants_top=jnp.asarray([top_logprobs]),
             bias_ids=jnp.asarray(bias_ids), bias_values=jnp.asarray(bias_values),
         )
         self.state = self._insert(self.state, jnp.int32(slot), row)

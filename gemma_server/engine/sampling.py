@@ -44,6 +44,7 @@ class SamplingRows:
     prompt_seen: jax.Array  # [R, V] bool
     counts: jax.Array  # [R, V] i32: generated-token counts
     adapter: jax.Array  # [R] i32: LoRA stack row (0 = base model); not used by sampling
+    wants_top: jax.Array  # [R] bool: the request asked for top logprobs
 
 
 @struct.dataclass
@@ -107,20 +108,39 @@ def row_keys(key_data: jax.Array, step: jax.Array) -> jax.Array:
 
 
 def sample(logits: jax.Array, rows: SamplingRows, vocab_limit: int) -> Sampled:
-    """Choose one token per row from float32 logits [R, V]."""
+    """Choose one token per row from float32 logits [R, V].
+
+    Work no row needs is skipped at run time (`lax.cond` runs one branch): the top-k / top-p
+    filters and the Gumbel noise over the vocabulary when every row is greedy, the top
+    logprobs when no row asked for them. They cost as much as a small model's whole step.
+    """
     processed = process_logits(logits, rows, vocab_limit)
     logprobs = jax.nn.log_softmax(processed, axis=-1)
     greedy = jnp.argmax(processed, axis=-1)
-    temperature = jnp.maximum(rows.temperature, 1e-6)[:, None]
-    scaled = jnp.where(processed > MASKED, processed / temperature, MASKED)
-    scaled = filter_top_p(filter_top_k(scaled, rows.top_k), rows.top_p)
-    keys = row_keys(rows.key_data, rows.step)
-    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (logits.shape[-1],)))(keys)
-    drawn = jnp.argmax(jnp.where(scaled > MASKED, scaled + gumbel, -jnp.inf), axis=-1)
+
+    def draw(processed: jax.Array) -> jax.Array:
+        temperature = jnp.maximum(rows.temperature, 1e-6)[:, None]
+        scaled = jnp.where(processed > MASKED, processed / temperature, MASKED)
+        scaled = filter_top_p(filter_top_k(scaled, rows.top_k), rows.top_p)
+        keys = row_keys(rows.key_data, rows.step)
+        gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (logits.shape[-1],)))(keys)
+        return jnp.argmax(jnp.where(scaled > MASKED, scaled + gumbel, -jnp.inf), axis=-1)
+
+    drawn = jax.lax.cond(jnp.any(rows.temperature > 0), draw, lambda _: greedy, processed)
     tokens = jnp.where(rows.temperature <= 0, greedy, drawn).astype(jnp.int32)
     chosen = jnp.take_along_axis(logprobs, tokens[:, None], axis=1)[:, 0]
-    top_logprobs, top_ids = jax.lax.top_k(logprobs, MAX_TOP_LOGPROBS)
-    return Sampled(tokens, chosen, top_ids.astype(jnp.int32), top_logprobs)
+
+    def top(logprobs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        values, ids = jax.lax.top_k(logprobs, MAX_TOP_LOGPROBS)
+        return values, ids.astype(jnp.int32)
+
+    def none(logprobs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        r = logprobs.shape[0]
+        return (jnp.full((r, MAX_TOP_LOGPROBS), -jnp.inf, logprobs.dtype),
+                jnp.zeros((r, MAX_TOP_LOGPROBS), jnp.int32))
+
+    top_logprobs, top_ids = jax.lax.cond(jnp.any(rows.wants_top), top, none, logprobs)
+    return Sampled(tokens, chosen, top_ids, top_logprobs)
 
 
 def record(rows: SamplingRows, tokens: jax.Array, active: jax.Array) -> SamplingRows:

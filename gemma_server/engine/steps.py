@@ -40,6 +40,7 @@ def init_state(slots: int, vocab: int) -> SamplingRows:
         prompt_seen=jnp.zeros((slots, vocab), jnp.bool_),
         counts=jnp.zeros((slots, vocab), i32),
         adapter=jnp.zeros(slots, i32),
+        wants_top=jnp.zeros(slots, jnp.bool_),
     )
 
 
@@ -67,6 +68,7 @@ def insert(state: SamplingRows, slot: jax.Array, row: SamplingRows) -> SamplingR
         prompt_seen=state.prompt_seen.at[slot].set(False),
         counts=state.counts.at[slot].set(0),
         adapter=put(state.adapter, row.adapter),
+        wants_top=put(state.wants_top, row.wants_top),
     )
 
 

@@ -180,8 +180,8 @@ def test_cancel_frees_the_slot_and_a_cancelled_queued_request_never_starts(engin
         assert events == [FinishEvent(0, "cancelled", len(prompt), 0)]
         for stream in streams:
             stream.cancel()
-        for _ in range(100):
-            if engine.stats()["decoding"] == 0:
+        for _ in range(1000):  # a loaded machine may still be prefilling some of them
+            if engine.stats()["free_slots"] == 8:
                 break
             await asyncio.sleep(0.01)
         return engine.stats()

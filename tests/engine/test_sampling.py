@@ -95,7 +95,8 @@ def test_top_p_keeps_the_smallest_nucleus(top_p):
 
 def test_greedy_logprobs_and_top_logprobs():
     x = logits()
-    drawn = sample(jnp.asarray(x), rows(temperature=np.zeros(2, np.float32)), V)
+    drawn = sample(jnp.asarray(x), rows(temperature=np.zeros(2, np.float32),
+                                        wants_top=np.array([True, False])), V)
     ref = x - np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)) - \
         x.max(1, keepdims=True)
     np.testing.assert_array_equal(np.asarray(drawn.tokens), x.argmax(1))
@@ -103,6 +104,13 @@ def test_greedy_logprobs_and_top_logprobs():
     np.testing.assert_allclose(np.asarray(drawn.top_logprobs), -np.sort(-ref, 1)[:, :20],
                                atol=1e-5)
     np.testing.assert_array_equal(np.asarray(drawn.top_ids)[:, 0], x.argmax(1))
+
+
+def test_top_logprobs_are_skipped_when_no_row_asks_for_them():
+    x = logits()
+    drawn = sample(jnp.asarray(x), rows(temperature=np.zeros(2, np.float32)), V)
+    np.testing.assert_array_equal(np.asarray(drawn.tokens), x.argmax(1))
+    assert np.isneginf(np.asarray(drawn.top_logprobs)).all()
 
 
 def test_temperature_sampling_matches_softmax_frequencies():
