@@ -22,6 +22,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,16 +46,30 @@ BENCH_150M = SyntheticSpec(
         "max_position_embeddings": 8192, "hidden_activation": "gelu_pytorch_tanh",
     },
 )
-SHAPES = {"bench-150m": BENCH_150M, "tiny": TINY_GEMMA2}
+# The real Gemma 2B config with random weights (~5 GB, written in bfloat16 and sharded).
+GEMMA_2B_SHAPE = SyntheticSpec(
+    name="gemma-2b-shape", tokenizer=GEMMA2_LAYOUT_TOKENIZER, eos_token_id=(1,), proj_std=0.02,
+    embed_std=0.03, hf_config={
+        "architectures": ["GemmaForCausalLM"], "model_type": "gemma", "vocab_size": 256000,
+        "hidden_size": 2048, "intermediate_size": 16384, "num_hidden_layers": 18,
+        "num_attention_heads": 8, "num_key_value_heads": 1, "head_dim": 256,
+        "max_position_embeddings": 8192, "hidden_activation": "gelu_pytorch_tanh",
+    },
+)
+SHAPES = {"bench-150m": BENCH_150M, "tiny": TINY_GEMMA2, "gemma-2b-shape": GEMMA_2B_SHAPE}
+WRITE_OPTIONS: dict[str, dict[str, Any]] = {"gemma-2b-shape": {"shards": 4, "dtype": "bfloat16"}}
 
 
 def checkpoint_dir(args: argparse.Namespace) -> Path:
+    """--checkpoint as given, or the --shape checkpoint, written into the cache on first use."""
     if args.checkpoint:
         return Path(args.checkpoint)
     spec = SHAPES[args.shape]
     path = cache_root() / f"bench-{spec.name}"
     if not (path / "config.json").exists():
-        write_checkpoint(spec, path, config_from_hf_dict(dict(spec.hf_config)))
+        print(f"writing the random {spec.name} checkpoint ...", flush=True)
+        write_checkpoint(spec, path, config_from_hf_dict(dict(spec.hf_config)),
+                         **WRITE_OPTIONS.get(spec.name, {}))
     return path
 
 

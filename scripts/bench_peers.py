@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -281,19 +282,11 @@ def run_transformers(checkpoint: Path, dtype: str, threads: int, vocab: int,
 # --- report ---
 
 def weight_gb(cfg: Any, dtype: str) -> float:
-    """Bytes one decode step reads: every weight once (a tied head reads the embedding)."""
-    from gemma_server.model.params import tensor_specs
-    from gemma_server.model.quantize import quantized_leaf
+    from gemma_server.model.quantize import weight_bytes
 
-    total = 0
-    for spec in tensor_specs(cfg):
-        count = int(np.prod(spec.shape))
-        axis = quantized_leaf(spec.path)
-        if dtype == "int8" and axis is not None:
-            total += count + 4 * spec.shape[axis]  # int8 values + a float32 scale per channel
-        else:
-            total += count * (4 if dtype == "float32" else 2)
-    return total / 1e9
+    if dtype == "int8":
+        return weight_bytes(cfg, jnp.bfloat16, "int8") / 1e9
+    return weight_bytes(cfg, jnp.dtype(dtype), None) / 1e9
 
 
 def report(results: dict[str, dict[str, dict[str, Any]]], cfg: Any,

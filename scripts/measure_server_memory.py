@@ -27,59 +27,19 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import SHAPES  # noqa: E402
+from bench_engine import SHAPES, checkpoint_dir  # noqa: E402
 
-from gemma_server.demo import cache_root  # noqa: E402
 from gemma_server.model.cache import cache_bytes  # noqa: E402
 from gemma_server.model.checkpoint import resolve_dtype  # noqa: E402
 from gemma_server.model.hf_config import config_from_hf_dict  # noqa: E402
-from gemma_server.model.params import tensor_specs  # noqa: E402
-from gemma_server.model.quantize import quantized_leaf  # noqa: E402
-from gemma_server.model.synthetic import (  # noqa: E402
-    GEMMA2_LAYOUT_TOKENIZER,
-    SyntheticSpec,
-    write_checkpoint,
-)
-
-GEMMA_2B_SHAPE = SyntheticSpec(
-    name="gemma-2b-shape", tokenizer=GEMMA2_LAYOUT_TOKENIZER, eos_token_id=(1,), proj_std=0.02,
-    embed_std=0.03, hf_config={
-        "architectures": ["GemmaForCausalLM"], "model_type": "gemma", "vocab_size": 256000,
-        "hidden_size": 2048, "intermediate_size": 16384, "num_hidden_layers": 18,
-        "num_attention_heads": 8, "num_key_value_heads": 1, "head_dim": 256,
-        "max_position_embeddings": 8192, "hidden_activation": "gelu_pytorch_tanh",
-    },
-)
-
-
-def checkpoint(args: argparse.Namespace) -> Path:
-    if args.checkpoint:
-        return Path(args.checkpoint)
-    if args.shape == "gemma-2b-shape":
-        path = cache_root() / "bench-gemma-2b-shape"
-        if not (path / "config.json").exists():
-            print("writing the 2B-shaped random checkpoint (bfloat16, ~5 GB) ...", flush=True)
-            write_checkpoint(GEMMA_2B_SHAPE, path,
-                             config_from_hf_dict(dict(GEMMA_2B_SHAPE.hf_config)),
-                             shards=4, dtype="bfloat16")
-        return path
-    from bench_engine import checkpoint_dir
-
-    return checkpoint_dir(args)
+from gemma_server.model.quantize import weight_bytes  # noqa: E402
 
 
 def planned_bytes(path: Path, args: argparse.Namespace) -> tuple[int, int]:
     cfg = config_from_hf_dict(json.loads((path / "config.json").read_text()))
-    itemsize = resolve_dtype(args.dtype).itemsize
-    weights = 0
-    for spec in tensor_specs(cfg):
-        count = 1
-        for dim in spec.shape:
-            count *= dim
-        axis = quantized_leaf(spec.path) if args.quantize else None
-        weights += count * itemsize if axis is None else count + 4 * spec.shape[axis]
-    kv = cache_bytes(cfg, args.max_batch_size, args.max_total_tokens, resolve_dtype(args.dtype))
-    return weights, kv
+    dtype = resolve_dtype(args.dtype)
+    kv = cache_bytes(cfg, args.max_batch_size, args.max_total_tokens, dtype)
+    return weight_bytes(cfg, dtype, args.quantize), kv
 
 
 async def traffic(url: str, slots: int, long_prompt: int) -> None:
@@ -110,15 +70,14 @@ def peak_rss(pid: int) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint")
-    parser.add_argument("--shape", choices=[*sorted(SHAPES), "gemma-2b-shape"],
-                        default="bench-150m")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="bench-150m")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--quantize", choices=["int8"])
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-total-tokens", type=int, default=2048)
     parser.add_argument("--port", type=int, default=8766)
     args = parser.parse_args()
-    path = checkpoint(args)
+    path = checkpoint_dir(args)
     command = [sys.executable, "-m", "gemma_server.cli", "serve", "--checkpoint", str(path),
                "--port", str(args.port), "--dtype", args.dtype, "--served-model-name", "bench",
                "--max-batch-size", str(args.max_batch_size),

@@ -16,12 +16,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.machinery
+import math
 import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 MAX_ROWS = 16  # the decode slot buckets; prefill chunks go to XLA, fast with many rows
 
@@ -89,7 +89,7 @@ def matmul(x: jax.Array, w: jax.Array, scale: jax.Array | None = None) -> jax.Ar
     k = x.shape[-1]
     n = w.shape[0]
     lead = x.shape[:-1]
-    rows = int(np.prod(lead)) if lead else 1
+    rows = math.prod(lead)
     operands = [x.reshape(rows, k).astype(jnp.float32), w]
     name = "gs_matmul"
     if jnp.dtype(w.dtype) == jnp.int8:

@@ -12,11 +12,15 @@ gathers) and an output channel of the tied head.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from gemma_server.model.config import GemmaConfig
+from gemma_server.model.params import tensor_specs
 
 QUANTIZATIONS = ("int8",)
 
@@ -28,14 +32,6 @@ class Int8Weight:
     q: jax.Array  # int8, the float weight's shape
     scale: jax.Array  # float32, one per output channel
     channel_axis: int = struct.field(pytree_node=False, default=0)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.q.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.q.nbytes + self.scale.nbytes)
 
     def dequantize(self, dtype: jnp.dtype) -> jax.Array:
         scale = self.scale[None, :] if self.channel_axis == 1 else self.scale[:, None]
@@ -68,6 +64,18 @@ def quantized_leaf(path: tuple[str | int, ...]) -> int | None:
     if path[-1] in ("embed", "lm_head", "q", "k", "v", "o", "gate", "up", "down"):
         return 0  # rows: see the module docstring
     return None
+
+
+def weight_bytes(cfg: GemmaConfig, dtype: jnp.dtype, quantize: str | None) -> int:
+    """Bytes the parameters of `cfg` take once loaded in `dtype` (and quantized): what one
+    decode step reads, every weight once (a tied head reads the embedding)."""
+    total = 0
+    for spec in tensor_specs(cfg):
+        count = math.prod(spec.shape)
+        axis = quantized_leaf(spec.path) if quantize == "int8" else None
+        # int8 values + a float32 scale per output channel
+        total += count * jnp.dtype(dtype).itemsize if axis is None else count + 4 * spec.shape[axis]
+    return total
 
 
 def embed_rows(embed: jax.Array | Int8Weight, tokens: jax.Array, dtype: jnp.dtype) -> jax.Array:
