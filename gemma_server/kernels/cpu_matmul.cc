@@ -8,11 +8,13 @@
  * has no fused int8-weight product at all. These kernels read each weight byte once per call
  * and accumulate in float32 (bfloat16 pairs through vdpbf16ps where the CPU has AVX512-BF16,
  * else widened to float32 for an FMA), so bfloat16 and int8 weights cost what their bytes
- * cost. float32 weights stay with XLA.
+ * cost. float32 weights go through the same FMA loops (XLA's float32 product with 2-16 rows
+ * reaches a third of the bandwidth; with one row the Python side leaves it to XLA).
  *
  * W is [N, K] row-major, Hugging Face's [out, in] (params.py): output n is the dot product of
  * x with row n, and a block of outputs is a contiguous block of W, read front to back.
- * x is float32 [M, K], y float32 [M, N]; int8 weights take a float32 scale per row.
+ * x is float32 [M, K], y float32 [M, N]; W float32, bfloat16 or int8 (with a float32 scale
+ * per row).
  *
  * Handlers (XLA's typed FFI): gs_matmul(x, W) and gs_matmul_scaled(x, W, scale). Work is
  * split into row blocks of W that the calling thread and XLA's own intra-op threads claim one
@@ -34,14 +36,16 @@
 #define INLINE static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 16")
 
-enum { W_BF16 = 1, W_I8 = 2 };
+enum { W_BF16 = 1, W_I8 = 2, W_F32 = 3 };
 enum { MBLOCK = 8 }; /* rows of x whose accumulators are kept in registers at once */
 
 /* ---- widening loads: 16 weights at w (masked), as float32 lanes ------------------------ */
 
 template <int KIND>
 TARGET INLINE __m512 load16(const char *w, __mmask16 m) {
-    if constexpr (KIND == W_BF16) {
+    if constexpr (KIND == W_F32) {
+        return _mm512_maskz_loadu_ps(m, w);
+    } else if constexpr (KIND == W_BF16) {
         __m256i h = _mm256_maskz_loadu_epi16(m, w);
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     } else {
@@ -50,7 +54,7 @@ TARGET INLINE __m512 load16(const char *w, __mmask16 m) {
     }
 }
 
-template <int KIND> constexpr int64_t ELEM = KIND == W_BF16 ? 2 : 1;
+template <int KIND> constexpr int64_t ELEM = KIND == W_F32 ? 4 : KIND == W_BF16 ? 2 : 1;
 
 INLINE __mmask16 lanes(int64_t left) {
     if (left <= 0) return 0;
@@ -311,7 +315,10 @@ static ffi::Error product(ffi::ThreadPool &pool, ffi::Buffer<ffi::F32> x, ffi::A
         case ffi::DataType::S8:
             split->rows = rows_widened<W_I8>;
             break;
-        default: return ffi::Error::InvalidArgument("weights must be bf16 or s8");
+        case ffi::DataType::F32:
+            split->rows = rows_widened<W_F32>;
+            break;
+        default: return ffi::Error::InvalidArgument("weights must be f32, bf16 or s8");
     }
     if ((w.element_type() == ffi::DataType::S8) != (scale != nullptr))
         return ffi::Error::InvalidArgument("int8 weights and scales go together");

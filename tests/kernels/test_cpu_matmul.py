@@ -1,7 +1,7 @@
 """The AVX-512 decode kernels against a NumPy reference, and proof that decode uses them.
 
 Shapes cover both code paths for bfloat16 (AVX512-BF16 pairs when N and K are multiples of
-32, widening FMAs otherwise), int8 with per-row scales, and every row count a decode step can
+32, widening FMAs otherwise), float32, int8 with per-row scales, and every row count a decode step can
 have (1..16, in blocks of 8). The product is `x @ W.T` with W stored [N, K] (params.py).
 """
 
@@ -28,7 +28,7 @@ def reference(x: np.ndarray, w: np.ndarray, scale: np.ndarray | None) -> np.ndar
 
 @pytest.mark.parametrize("k,n", SHAPES)
 @pytest.mark.parametrize("rows", [1, 3, 8, 13, 16])
-@pytest.mark.parametrize("kind", ["bfloat16", "int8"])
+@pytest.mark.parametrize("kind", ["float32", "bfloat16", "int8"])
 def test_kernel_matches_reference(k, n, rows, kind):
     rng = np.random.default_rng(k * 1000 + n + rows)
     # x rounded to bfloat16 first, as the activations of a bfloat16 model are.
@@ -37,7 +37,7 @@ def test_kernel_matches_reference(k, n, rows, kind):
         w = rng.integers(-127, 128, (k, n)).astype(np.int8)
         scale = rng.uniform(0.001, 0.02, n).astype(np.float32)
     else:
-        w = np.asarray(jnp.asarray(rng.standard_normal((k, n)), jnp.bfloat16))
+        w = np.asarray(jnp.asarray(rng.standard_normal((k, n)), kind))
         scale = None
     fn = jax.jit(cpu_matmul.matmul)
     got = np.asarray(fn(x, np.ascontiguousarray(w.T), scale))
@@ -68,21 +68,24 @@ def test_quantized_weights_through_the_kernel_equal_dequantized_weights():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("quantize", [None, "int8"])
-def test_decode_step_calls_the_kernels_and_prefill_does_not(tiny_model, quantize):
+@pytest.mark.parametrize("dtype,quantize", [("bfloat16", None), ("bfloat16", "int8"),
+                                           ("float32", None)])
+def test_decode_step_calls_the_kernels_and_prefill_does_not(tiny_model, dtype, quantize):
     from gemma_server.model.cache import init_cache
     from gemma_server.model.forward import forward
 
-    model = tiny_model("tiny-gemma", "bfloat16", quantize)
-    cache = init_cache(model.config, 2, 64, jnp.bfloat16)
+    model = tiny_model("tiny-gemma", dtype, quantize)
 
-    def hlo(tokens: int) -> str:
-        ids = jnp.zeros((2, tokens), jnp.int32)
-        positions = jnp.tile(jnp.arange(tokens)[None], (2, 1))
+    def hlo(rows: int, tokens: int) -> str:
+        cache = init_cache(model.config, rows, 64, jnp.dtype(dtype))
+        ids = jnp.zeros((rows, tokens), jnp.int32)
+        positions = jnp.tile(jnp.arange(tokens)[None], (rows, 1))
         return jax.jit(forward, static_argnames="cfg").lower(
             model.params, ids, positions, cache, cfg=model.config).as_text()
 
-    decode, prefill = hlo(1), hlo(32)
+    decode, prefill = hlo(2, 1), hlo(2, 32)
     # qkv, o, gate_up, down in every layer, and the tied head
     assert decode.count("@gs_matmul") >= 4 * model.config.num_layers + 1
     assert "gs_matmul" not in prefill  # 64 rows: XLA's own matmuls
+    # one row of float32 weights: XLA's product streams them at memory speed already
+    assert ("gs_matmul" in hlo(1, 1)) == (dtype != "float32")
