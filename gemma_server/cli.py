@@ -46,7 +46,9 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
     a("--max-total-tokens", type=int, help="prompt + generated tokens (default 2048)")
     a("--max-batch-prefill-tokens", type=int, help="tokens per prefill step (default 2048)")
     a("--max-body-bytes", type=int, help="request body limit (default 4 MiB)")
-    a("--compilation-cache-dir", help="JAX persistent compilation cache directory")
+    a("--compilation-cache-dir",
+      help="JAX persistent compilation cache: a restart loads compiled steps instead of "
+           "compiling them (default: $GEMMA_SERVER_CACHE/xla; 'off' for none)")
     a("--lora", action="append", metavar="NAME=DIR", help="load a PEFT LoRA adapter; repeatable")
     a("--lora-dir", help="load every adapter in this directory (one per subfolder)")
     a("--max-loras", type=int, help="adapters servable at once (default: those given, +4 with "
@@ -55,6 +57,11 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
     a("--allow-runtime-lora", action="store_true", default=None,
       help="enable /v1/load_lora_adapter and /v1/unload_lora_adapter (needs --api-key)")
     a("--log-level", choices=["debug", "info", "warning", "error"])
+    a("--log-format", choices=["text", "json"],
+      help="text (default) or one JSON object per line; either way one line per request")
+    a("--shutdown-timeout", type=float,
+      help="on SIGTERM, seconds in-flight requests may take to finish before they are "
+           "aborted (default 30)")
 
 
 def build_parser() -> argparse.ArgumentParser:

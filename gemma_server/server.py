@@ -1,20 +1,29 @@
 """`gemma-server serve`: settings -> HTTP server listening at once -> model loaded behind it.
 
 The server listens before the weights are loaded, so `/health` answers 503 while loading and
-warming and 200 once ready; a load failure stops the server with exit status 1.
+warming and 200 once ready; a load failure, or the engine loop dying later, stops the server
+with exit status 1 (a supervisor restarts it, rather than a process that hangs). SIGTERM
+drains (`DrainingServer`). Start-up is timed from `serve()`: weights, then warm-up (compiles,
+or loads from the persistent compilation cache), each logged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import signal
 import threading
+import time
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
+from tqdm import tqdm
 
 from gemma_server.api import ServerState, create_app
 from gemma_server.demo import DEMO_NAME, demo_checkpoint_dir
 from gemma_server.errors import ConfigurationError
+from gemma_server.logs import configure_logging
 from gemma_server.lora import LoraAdapter, load_adapter
 from gemma_server.model.checkpoint import resolve_checkpoint_dir, resolve_dtype
 from gemma_server.model.hf_config import load_hf_config
@@ -48,15 +57,30 @@ def preflight(settings: ServerSettings) -> list[LoraAdapter]:
     return adapters
 
 
-def load_into(state: ServerState, settings: ServerSettings,
-              adapters: list[LoraAdapter]) -> None:
+@dataclasses.dataclass
+class Startup:
+    """Seconds from `serve()` to ready, split the way operators ask about it."""
+
+    began: float = dataclasses.field(default_factory=time.perf_counter)
+    load_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    compiled: int = 0
+    cache_hits: int = 0
+
+
+def load_into(state: ServerState, settings: ServerSettings, adapters: list[LoraAdapter],
+              startup: Startup | None = None) -> None:
     """Load weights, start and warm the engine, load the adapters, then mark ready."""
     from gemma_server.engine.engine import Engine
     from gemma_server.kernels.cpu_matmul import describe as describe_kernels
     from gemma_server.loading import load_model
     from gemma_server.service import ModelService
 
+    startup = startup or Startup()
+    began = time.perf_counter()
     model = load_model(settings.checkpoint, settings.dtype, quantize=settings.quantize)
+    startup.load_seconds = time.perf_counter() - began
+    log.info("weights loaded in %.1f s", startup.load_seconds)
     state.status = "warming"
     capacity = settings.lora_capacity(len(adapters))
     engine = Engine(model.checkpoint.params, model.checkpoint.config,
@@ -65,9 +89,16 @@ def load_into(state: ServerState, settings: ServerSettings,
     log.info("memory plan: weights %.2f GB + KV cache %.2f GB (%d slots x %d tokens)",
              weights / 1e9, kv_cache / 1e9, engine.executor.slots,
              settings.max_total_tokens)
-    engine.start(progress=lambda shape: log.info("compiling %s", shape))
-    log.info("compiled in %.1f s; decode matmuls: %s", engine.executor.compile_seconds,
-             describe_kernels())
+    cache = engine.config.compilation_cache_dir
+    log.info("compiling every step shape (compilation cache: %s)", cache or "off")
+    with _WarmUpBar() as bar:
+        engine.start(progress=bar.update)
+    ex = engine.executor
+    startup.compile_seconds = ex.compile_seconds
+    startup.compiled, startup.cache_hits = ex.compiled_at_warm_up, ex.cache_hits_at_warm_up
+    log.info("warm-up took %.1f s: %d executables compiled, %d loaded from the compilation "
+             "cache; decode matmuls: %s", ex.compile_seconds, ex.compiled_at_warm_up,
+             ex.cache_hits_at_warm_up, describe_kernels())
     for adapter in adapters:
         engine.load_adapter(adapter)
         log.info("LoRA adapter %s loaded from %s (rank %d)", adapter.name, adapter.path,
@@ -76,34 +107,112 @@ def load_into(state: ServerState, settings: ServerSettings,
     state.status = "ready"
 
 
+class _WarmUpBar:
+    """A progress bar over the shapes being compiled (shown on a terminal only)."""
+
+    def __enter__(self) -> _WarmUpBar:
+        self.bar: tqdm | None = None
+        return self
+
+    def update(self, done: int, total: int, shape: str) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc="compiling", unit="shape", disable=None)
+        self.bar.n = done
+        self.bar.set_postfix_str(shape, refresh=True)
+        log.debug("compiling %s (%d/%d)", shape, done + 1, total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with a graceful drain on SIGTERM.
+
+    SIGTERM marks the server draining (new requests get 503 with Retry-After, `/health`
+    503), waits up to `shutdown_timeout` seconds for the engine's requests to finish, aborts
+    those left with an error event, then lets uvicorn close the connections and exit 0.
+    A second signal, or one before the model is ready, exits at once as uvicorn does.
+    """
+
+    def __init__(self, config: uvicorn.Config, state: ServerState, shutdown_timeout: float):
+        super().__init__(config)
+        self.state = state
+        self.shutdown_timeout = shutdown_timeout
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGTERM or self._draining or not self.state.ready:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        self.state.status = "draining"
+        log.info("SIGTERM: draining (new requests get 503; up to %.0f s for %d in flight)",
+                 self.shutdown_timeout, self._in_flight())
+        threading.Thread(target=self._drain, name="gemma-drain", daemon=True).start()
+
+    def _in_flight(self) -> int:
+        stats = self.state.engine_stats()
+        return 0 if stats is None else stats["requests"]
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self.shutdown_timeout
+        while self._in_flight() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = self._in_flight()
+        if left and self.state.service is not None:
+            self.state.service.engine.abort_all(
+                f"the server is shutting down: aborted after the {self.shutdown_timeout:g} s "
+                "shutdown timeout")
+            log.warning("drain timed out: %d request(s) aborted", left)
+        else:
+            log.info("drained: every request finished")
+        self.should_exit = True
+
+
 def serve(settings: ServerSettings) -> int:
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Run the server until it is stopped; 0 after a clean stop or drain, 1 when the model
+    could not be loaded or the engine loop died."""
+    startup = Startup()
+    api_keys = settings.api_keys()
+    configure_logging(settings.log_level, settings.log_format, secrets=api_keys)
     adapters = preflight(settings)
-    state = ServerState(names=served_names(settings), api_keys=settings.api_keys(),
+    state = ServerState(names=served_names(settings), api_keys=api_keys,
                         max_body_bytes=settings.max_body_bytes,
                         allow_runtime_lora=settings.allow_runtime_lora,
                         max_lora_rank=settings.max_lora_rank)
-    failed: list[BaseException] = []
+    failed: list[str] = []
+
+    def fail(message: str) -> None:
+        log.error("%s", message)
+        state.status = "failed"
+        failed.append(message)
+        server.should_exit = True
 
     def start_loading(state: ServerState) -> None:
         def run() -> None:
             try:
-                load_into(state, settings, adapters)
-                log.info("ready: serving %s on http://%s:%d", ", ".join(state.names),
-                         settings.host, settings.port)
+                load_into(state, settings, adapters, startup)
             except BaseException as exc:
-                log.error("could not load the model: %s", exc)
-                state.status = "failed"
-                failed.append(exc)
-                server.should_exit = True
+                fail(f"could not load the model: {exc}")
+                return
+            log.info("ready in %.1f s (weights %.1f s, warm-up %.1f s): serving %s on "
+                     "http://%s:%d", time.perf_counter() - startup.began, startup.load_seconds,
+                     startup.compile_seconds, ", ".join(state.names), settings.host,
+                     settings.port)
+            assert state.service is not None
+            engine = state.service.engine
+            engine.wait()  # returns when the loop ends: stopped by us, or died
+            if engine.failure is not None:
+                fail(f"the engine loop died ({engine.failure!r}): exiting")
 
         threading.Thread(target=run, name="gemma-loader", daemon=True).start()
 
     app = create_app(state, on_startup=start_loading)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            log_level=settings.log_level, timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+                            log_level=settings.log_level, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=5)
+    server = DrainingServer(config, state, settings.shutdown_timeout)
     server.run()
     if state.service is not None:
         state.service.engine.stop()

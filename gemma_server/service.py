@@ -15,6 +15,7 @@ from gemma_server.datatypes import FinishEvent, GenerationRequest, SamplingParam
 from gemma_server.engine.engine import Engine
 from gemma_server.errors import ContextTooLong, EngineFailure, InvalidRequest
 from gemma_server.stop_strings import StopStringMatcher
+from gemma_server.telemetry import RequestRecord
 from gemma_server.tokenizer import (
     ChatMessage,
     GemmaTokenizer,
@@ -117,8 +118,10 @@ class ModelService:
 
     # --- generation -------------------------------------------------------------------------
 
-    def submit(self, request: TextRequest) -> GenerationOutput:
-        """Check limits and queue the request; errors raise here, before any output."""
+    def submit(self, request: TextRequest,
+               record: RequestRecord | None = None) -> GenerationOutput:
+        """Check limits and queue the request; errors raise here, before any output.
+        `record` (the HTTP request's telemetry) hears of the prompt, tokens and the end."""
         max_new = self.max_new_tokens(len(request.prompt_ids), request.max_tokens)
         try:
             generation = GenerationRequest(
@@ -129,17 +132,23 @@ class ModelService:
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         stream = self.engine.submit(generation)
-        return GenerationOutput(self, request, stream)
+        if record is not None:
+            adapter = None if request.adapter_id is None else \
+                self.engine.adapters.name_of(request.adapter_id)
+            record.generation_started(self.name, adapter, len(request.prompt_ids))
+        return GenerationOutput(self, request, stream, record)
 
 
 class GenerationOutput:
     """Iterate to get TextDelta / ChoiceEnd per choice, then one Usage; `cancel()` aborts."""
 
-    def __init__(self, service: ModelService, request: TextRequest, stream: object):
+    def __init__(self, service: ModelService, request: TextRequest, stream: object,
+                 record: RequestRecord | None = None):
         from gemma_server.engine.channel import RequestStream
 
         assert isinstance(stream, RequestStream)
         self._service, self._request, self._stream = service, request, stream
+        self._record = record
         self.prompt_tokens = len(request.prompt_ids)
 
     def cancel(self) -> None:
@@ -152,12 +161,18 @@ class GenerationOutput:
         tokenizer, n = self._service.tokenizer, self._request.n
         choices = [_ChoiceText(tokenizer, self._request.stop) for _ in range(n)]
         completion = 0
+        record, queued = self._record, False
         try:
             async for event in self._stream:
+                if record is not None and not queued and self._stream.queue_seconds is not None:
+                    record.admitted(self._stream.queue_seconds)
+                    queued = True
                 state = choices[event.choice]
                 if state.ended:
                     continue
                 if isinstance(event, TokenEvent):
+                    if record is not None:
+                        record.token()
                     delta = state.add(event)
                     if state.matcher.stopped:
                         self._service.engine.cancel(self._request.request_id, event.choice)
@@ -165,16 +180,28 @@ class GenerationOutput:
                         completion += state.tokens
                         if delta is not None:
                             yield delta
+                        if record is not None:
+                            record.choice_finished("stop")
                         yield ChoiceEnd(event.choice, "stop", state.tokens)
                     elif delta is not None:
                         yield delta
                     continue
+                if event.reason == "error" and record is not None:
+                    record.choice_finished("error")
+                    record.failed("engine_failure")
                 for out in state.finish(event):
+                    if isinstance(out, ChoiceEnd) and record is not None:
+                        record.choice_finished(out.finish_reason)
                     yield out
                 completion += event.completion_tokens
         finally:
             if not self._stream.done:
                 self._stream.cancel()
+            if record is not None:  # left early (the client went away): the rest cancelled
+                for state in choices:
+                    if not state.ended:
+                        state.ended = True
+                        record.choice_finished("cancelled")
         yield Usage(self.prompt_tokens, completion)
 
 

@@ -43,13 +43,15 @@ class ServerSettings(BaseSettings):
     max_total_tokens: int = Field(2048, ge=2)
     max_batch_prefill_tokens: int = Field(2048, ge=32)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    compilation_cache_dir: str | None = None
+    compilation_cache_dir: str | None = None  # default: <cache root>/xla; "off": none
     lora: StrList = Field(default_factory=list)  # NAME=DIR
     lora_dir: str | None = None
     max_loras: int | None = Field(None, ge=0, le=256)
     max_lora_rank: int = Field(32, ge=1, le=256)
     allow_runtime_lora: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    shutdown_timeout: float = Field(30.0, ge=0)
 
     @field_validator("served_model_name", "api_key", mode="before")
     @classmethod
@@ -107,8 +109,20 @@ class ServerSettings(BaseSettings):
             max_batch_size=self.max_batch_size, max_total_tokens=self.max_total_tokens,
             max_input_length=self.max_input_length,
             max_batch_prefill_tokens=self.max_batch_prefill_tokens,
-            max_waiting=self.max_waiting, compilation_cache_dir=self.compilation_cache_dir,
+            max_waiting=self.max_waiting, compilation_cache_dir=self.compilation_cache(),
         )
+
+    def compilation_cache(self) -> str | None:
+        """Where compiled executables persist across restarts: the setting, else a folder of
+        the cache root (`$GEMMA_SERVER_CACHE`); "off" keeps none."""
+        value = self.compilation_cache_dir
+        if value is not None and value.strip().lower() in ("off", "none", "false", ""):
+            return None
+        if value is None:
+            from gemma_server.demo import cache_root
+
+            return str(cache_root() / "xla")
+        return value
 
     def api_keys(self) -> list[str]:
         keys = list(self.api_key)

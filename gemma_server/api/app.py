@@ -20,12 +20,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gemma_server import __version__
 from gemma_server.api.errors import ApiError, from_domain, render
+from gemma_server.api.observe import RequestObserver
 from gemma_server.api.routes import lora_admin, openai, workers_ai
 from gemma_server.api.state import ServerState
 from gemma_server.errors import GemmaServerError
+from gemma_server.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/metrics"})  # probes: no API key needed
 
 
 def create_app(state: ServerState,
@@ -42,22 +44,31 @@ def create_app(state: ServerState,
     app = FastAPI(title="gemma_server", version=__version__, lifespan=lifespan,
                   description="Gemma on JAX, speaking the Workers AI and OpenAI APIs.")
     app.state.server = state
+    if state.metrics is None:
+        state.metrics = Metrics(state.engine_stats, state.names[0])
     app.include_router(workers_ai.router)
     app.include_router(openai.router)
     app.include_router(lora_admin.router)
     _install_health(app, state)
     _install_auth(app, state)
     _install_error_handlers(app)
+    app.add_middleware(RequestObserver, state=state)  # outermost: sees every response
     return app
 
 
 def _install_health(app: FastAPI, state: ServerState) -> None:
-    @app.get("/health", tags=["Operations"], summary="200 when the model is ready, else 503")
+    @app.get("/health", tags=["Operations"],
+             summary="200 when the model is warm and its engine loop alive, else 503")
     async def health() -> Response:
         if state.ready:
             return JSONResponse({"status": "ready"})
         status = state.status if state.status != "ready" else "engine stopped"
         return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics (text format)")
+    async def metrics() -> Response:
+        assert state.metrics is not None
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
 def _install_auth(app: FastAPI, state: ServerState) -> None:

@@ -59,6 +59,9 @@ def workers_ai_body(code: int, message: str) -> dict:
 
 
 def render(request: Request, error: ApiError) -> JSONResponse:
+    record = getattr(request.state, "record", None)
+    if record is not None:  # telemetry.RequestRecord: counts the error by type
+        record.failed(error.code or f"http_{error.status}")
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if error.status in (429, 503) else None
     if is_workers_ai(request):
         message = error.message

@@ -6,21 +6,31 @@ import dataclasses
 import time
 
 from gemma_server.api.errors import ApiError
+from gemma_server.metrics import Metrics
 from gemma_server.service import ModelService
 
 
 @dataclasses.dataclass
 class ServerState:
-    """`service` is None until the model is loaded and warm; `names` are its served names."""
+    """`service` is None until the model is loaded and warm; `names` are its served names.
+    `metrics` is made by `create_app`; `draining` is set on SIGTERM (server.py)."""
 
     names: list[str]
     api_keys: list[str] = dataclasses.field(default_factory=list)
     max_body_bytes: int = 4 * 1024 * 1024
     service: ModelService | None = None
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
-    status: str = "loading"  # loading, warming, ready, failed
+    status: str = "loading"  # loading, warming, ready, draining, failed
     allow_runtime_lora: bool = False
     max_lora_rank: int = 32
+    metrics: Metrics | None = None
+
+    @property
+    def draining(self) -> bool:
+        return self.status == "draining"
+
+    def engine_stats(self) -> dict[str, int] | None:
+        return None if self.service is None else self.service.engine.stats()
 
     @property
     def ready(self) -> bool:

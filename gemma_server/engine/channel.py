@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 
 from gemma_server.datatypes import Event, FinishEvent
 
 
 class Channel:
-    """The engine-side end: thread-safe `send`."""
+    """The engine-side end: thread-safe `send`. `admitted_at` (perf_counter) is set by the
+    engine when the request leaves the queue for a slot: its queue time, for metrics."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.created_at = time.perf_counter()
+        self.admitted_at: float | None = None
 
     def send(self, event: Event) -> None:
         # A closed event loop raises RuntimeError: nobody is listening any more.
@@ -63,3 +67,9 @@ class RequestStream:
     @property
     def done(self) -> bool:
         return self._finished >= self._n
+
+    @property
+    def queue_seconds(self) -> float | None:
+        """Seconds from submission to a slot; None while still waiting."""
+        admitted = self._channel.admitted_at
+        return None if admitted is None else admitted - self._channel.created_at

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -47,7 +48,8 @@ class Engine:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, warm_up: bool = True, progress: Callable[[str], None] | None = None) -> None:
+    def start(self, warm_up: bool = True,
+              progress: Callable[[int, int, str], None] | None = None) -> None:
         if warm_up:
             self.executor.warm_up(progress)
         self._thread = threading.Thread(target=self._run, name="gemma-engine", daemon=True)
@@ -123,10 +125,40 @@ class Engine:
             self.executor.set_adapter(row, None)
 
     def stats(self) -> dict[str, int]:
+        """Counts for metrics and draining: requests waiting / prefilling, slots decoding /
+        free / in all, and XLA compilations since warm-up."""
         with self._cond:
             s = self.scheduler
             return {"waiting": len(s.waiting), "prefilling": len(s.prefilling),
-                    "decoding": len(s.decoding), "free_slots": len(s.free_slots)}
+                    "decoding": len(s.decoding), "free_slots": len(s.free_slots),
+                    "slots": self.executor.slots, "requests": len(s.by_id) + len(s.waiting),
+                    "compilations_after_warm_up": self.executor.compilations_after_warm_up()}
+
+    def abort_all(self, message: str) -> int:
+        """End every request, waiting or running, with an error event carrying `message`
+        (the last step of a drain that ran out of time); returns how many there were."""
+        with self._cond:
+            running = list(self.scheduler.by_id.values())
+            for admitted in running:
+                self._fail(admitted, message)
+            waiting = [request for request, _, _ in self.scheduler.waiting]
+
+            def fail_waiting(request: GenerationRequest, sink: object) -> None:
+                for i in range(request.n):
+                    _send(sink, FinishEvent(i, "error", len(request.prompt_ids), 0,
+                                            error=message))
+
+            for request in waiting:
+                self.scheduler.remove(request.request_id, fail_waiting)
+            self._cond.notify()
+        return len(running) + len(waiting)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the device loop ends (stopped or died); False on timeout."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     # --- the device loop ----------------------------------------------------------------------
 
@@ -141,6 +173,9 @@ class Engine:
                     self._apply_cancellations()
                     admitted = list(self.scheduler.admit())
                     plan = self.scheduler.plan_prefill()
+                now = time.perf_counter()
+                for item in admitted:
+                    _channel(item.sink).admitted_at = now
                 with self._device:
                     for item in admitted:
                         self._insert(item)
@@ -328,6 +363,10 @@ def _token_event(request: GenerationRequest, choice: int, token: int,
     return TokenEvent(choice, token, float(drawn["logprob"][row]), top)
 
 
-def _send(sink: object, event: TokenEvent | FinishEvent) -> None:
+def _channel(sink: object) -> Channel:
     assert isinstance(sink, Channel)
-    sink.send(event)
+    return sink
+
+
+def _send(sink: object, event: TokenEvent | FinishEvent) -> None:
+    _channel(sink).send(event)

@@ -53,6 +53,46 @@ def full_forward(
     return logits
 
 
+class CompileCount:
+    """XLA compilations in this process, counted through `jax.monitoring`.
+
+    JAX reports every backend compile request, including those the persistent compilation
+    cache answers (they then also report a cache hit): compilations = requests - hits.
+    """
+
+    requests = 0
+    cache_hits = 0
+
+    @classmethod
+    def compiled(cls) -> int:
+        return cls.requests - cls.cache_hits
+
+
+def _on_duration(event: str, duration_secs: float, **_: str | int) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        CompileCount.requests += 1
+
+
+def _on_event(event: str, **_: str | int) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        CompileCount.cache_hits += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+jax.monitoring.register_event_listener(_on_event)
+
+
+def use_compilation_cache(directory: str) -> None:
+    """Keep every compiled executable in `directory`, so a restart loads instead of compiling.
+
+    JAX by default writes only executables that took over a second to compile; a server's
+    small steps (sampling, insert, short buckets) would then be compiled again at every start.
+    """
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
 def _abstract(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
 
@@ -86,6 +126,9 @@ class Executor:
         self._fork: Any = None
         self._insert: Any = None
         self.compile_seconds = 0.0
+        self.compiled_at_warm_up = 0  # compilations (not cache loads) during warm_up
+        self.cache_hits_at_warm_up = 0
+        self._compiles_before_serving: int | None = None
 
     def memory_bytes(self) -> tuple[int, int]:
         """(parameter bytes, KV cache bytes) this executor holds on its device."""
@@ -96,14 +139,16 @@ class Executor:
 
     # --- compilation -------------------------------------------------------------------------
 
-    def warm_up(self, progress: Callable[[str], None] | None = None) -> float:
+    def warm_up(self, progress: Callable[[int, int, str], None] | None = None) -> float:
         """Compile every shape the engine uses; returns the seconds it took.
 
         Every shape is compiled ahead of time, so no request ever waits for XLA.
+        `progress(done, total, shape)` is told before each compilation and once at the end.
         """
         start = time.perf_counter()
+        compiled_before, hits_before = CompileCount.compiled(), CompileCount.cache_hits
         if self.config.compilation_cache_dir:
-            jax.config.update("jax_compilation_cache_dir", self.config.compilation_cache_dir)
+            use_compilation_cache(self.config.compilation_cache_dir)
         p, c, s = _abstract(self.params), _abstract(self.cache), _abstract(self.state)
         lo = _abstract(self.lora)
         i32, m = jnp.int32, self.slots
@@ -132,10 +177,12 @@ class Executor:
         # One at a time: on a few cores parallel compiles were no faster (53 s either way on
         # bench-150m, 2 cores) and each held its own LLVM working memory (peak RSS +0.4 GB).
         compiled = {}
-        for key, low in lowered.items():
+        for done, (key, low) in enumerate(lowered.items()):
             if progress:
-                progress(f"compiling {key}")
+                progress(done, len(lowered), str(key))
             compiled[key] = low.compile()
+        if progress:
+            progress(len(lowered), len(lowered), "")
         del lowered
         release_freed_memory()  # the compilers' freed working memory, back to the OS
         self._insert, self._fork = compiled.pop("insert"), compiled.pop("fork")
@@ -144,11 +191,23 @@ class Executor:
         self._set_adapter = compiled.pop("set_adapter", None)
         self._prefill = compiled
         self.compile_seconds = time.perf_counter() - start
+        self.compiled_at_warm_up = CompileCount.compiled() - compiled_before
+        self.cache_hits_at_warm_up = CompileCount.cache_hits - hits_before
+        self._compiles_before_serving = CompileCount.compiled()
         return self.compile_seconds
 
+    def compilations_after_warm_up(self) -> int:
+        """XLA compilations in this process since warm-up ended (0 while serving is the
+        design: every shape is compiled ahead; anything else means a stray eager op)."""
+        if self._compiles_before_serving is None:
+            return 0
+        return CompileCount.compiled() - self._compiles_before_serving
+
     def _row_template(self) -> SamplingRows:
-        one = steps.init_state(1, 1)
-        return dataclasses.replace(one, bias_ids=jnp.zeros((1, MAX_LOGIT_BIAS), jnp.int32))
+        """One slot's sampling row, built on the host: an eager device op here would be
+        compiled at the first request, after warm-up."""
+        host: dict[str, Any] = {"bias_ids": np.zeros((1, MAX_LOGIT_BIAS), np.int32)}
+        return dataclasses.replace(steps.init_state(1, 1, xp=np), **host)
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -170,23 +229,23 @@ class Executor:
             if token < self.cfg.vocab_size:
                 bias_ids[0, j], bias_values[0, j] = token, bias
 
-        def f32(x: float) -> jax.Array:
-            return jnp.asarray([x], jnp.float32)
+        def f32(x: float) -> np.ndarray:
+            return np.asarray([x], np.float32)
 
-        row = dataclasses.replace(
-            self._row_template(),
-            temperature=f32(sampling.temperature),
-            top_k=jnp.asarray([sampling.top_k], jnp.int32),
-            top_p=f32(sampling.top_p),
-            repetition_penalty=f32(sampling.effective_repetition_penalty),
-            frequency_penalty=f32(sampling.frequency_penalty),
-            presence_penalty=f32(sampling.presence_penalty),
-            key_data=jnp.asarray([[seed >> 32, seed & 0xFFFFFFFF]], jnp.uint32),
-            adapter=jnp.asarray([adapter], jnp.int32),
-            wants_top=jnp.asarray([top_logprobs]),
-            bias_ids=jnp.asarray(bias_ids), bias_values=jnp.asarray(bias_values),
-        )
-        self.state = self._insert(self.state, jnp.int32(slot), row)
+        host: dict[str, Any] = {  # numpy: sent with the call, nothing compiled eagerly
+            "temperature": f32(sampling.temperature),
+            "top_k": np.asarray([sampling.top_k], np.int32),
+            "top_p": f32(sampling.top_p),
+            "repetition_penalty": f32(sampling.effective_repetition_penalty),
+            "frequency_penalty": f32(sampling.frequency_penalty),
+            "presence_penalty": f32(sampling.presence_penalty),
+            "key_data": np.asarray([[seed >> 32, seed & 0xFFFFFFFF]], np.uint32),
+            "adapter": np.asarray([adapter], np.int32),
+            "wants_top": np.asarray([top_logprobs]),
+            "bias_ids": bias_ids, "bias_values": bias_values,
+        }
+        row = dataclasses.replace(self._row_template(), **host)
+        self.state = self._insert(self.state, np.int32(slot), row)
 
     def state_lost(self) -> bool:
         """True when a failed step had already consumed (donated) the cache or state."""

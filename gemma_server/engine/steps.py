@@ -9,6 +9,7 @@ writes (`mode="drop"`) are discarded.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,19 +29,20 @@ def set_adapter(stacks: tuple[LayerStacks, ...], row: jax.Array,
     return jax.tree_util.tree_map(lambda s, a: s.at[row].set(a.astype(s.dtype)), stacks, rows)
 
 
-def init_state(slots: int, vocab: int) -> SamplingRows:
-    f32, i32 = jnp.float32, jnp.int32
+def init_state(slots: int, vocab: int, xp: Any = jnp) -> SamplingRows:
+    """Neutral sampling rows; `xp=numpy` builds them on the host (no device op to compile)."""
+    f32, i32 = xp.float32, xp.int32
     return SamplingRows(
-        temperature=jnp.zeros(slots, f32), top_k=jnp.zeros(slots, i32),
-        top_p=jnp.ones(slots, f32), repetition_penalty=jnp.ones(slots, f32),
-        frequency_penalty=jnp.zeros(slots, f32), presence_penalty=jnp.zeros(slots, f32),
-        key_data=jnp.zeros((slots, 2), jnp.uint32), step=jnp.zeros(slots, i32),
-        bias_ids=jnp.full((slots, MAX_LOGIT_BIAS), vocab, i32),
-        bias_values=jnp.zeros((slots, MAX_LOGIT_BIAS), f32),
-        prompt_seen=jnp.zeros((slots, vocab), jnp.bool_),
-        counts=jnp.zeros((slots, vocab), i32),
-        adapter=jnp.zeros(slots, i32),
-        wants_top=jnp.zeros(slots, jnp.bool_),
+        temperature=xp.zeros(slots, f32), top_k=xp.zeros(slots, i32),
+        top_p=xp.ones(slots, f32), repetition_penalty=xp.ones(slots, f32),
+        frequency_penalty=xp.zeros(slots, f32), presence_penalty=xp.zeros(slots, f32),
+        key_data=xp.zeros((slots, 2), xp.uint32), step=xp.zeros(slots, i32),
+        bias_ids=xp.full((slots, MAX_LOGIT_BIAS), vocab, i32),
+        bias_values=xp.zeros((slots, MAX_LOGIT_BIAS), f32),
+        prompt_seen=xp.zeros((slots, vocab), xp.bool_),
+        counts=xp.zeros((slots, vocab), i32),
+        adapter=xp.zeros(slots, i32),
+        wants_top=xp.zeros(slots, xp.bool_),
     )
 
 

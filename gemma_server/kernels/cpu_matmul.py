@@ -2,11 +2,12 @@
 
 XLA:CPU reads bfloat16 weights at a fraction of the memory bandwidth when a product has only
 a few rows (batch-1 decode), float32 weights likewise from two rows on (batched decode), and
-cannot multiply by int8 weights without first writing a widened copy of them. The C kernels stream each weight once and widen it in registers; they
-are registered with XLA as custom calls so they run inside the same compiled step as
-everything else. They are used only where they win: on the CPU backend, for products with
-at most `MAX_ROWS` rows, when the compiled library is present and the CPU has AVX-512.
-Everywhere else (GPU, TPU, prefill, older CPUs) the pure-JAX path runs.
+cannot multiply by int8 weights without first writing a widened copy of them. The C kernels
+stream each weight once and widen it in registers; they are registered with XLA as custom
+calls so they run inside the same compiled step as everything else. They are used only where
+they win: on the CPU backend, for products with at most `MAX_ROWS` rows, when the compiled
+library is present and the CPU has AVX-512. Everywhere else (GPU, TPU, prefill, older CPUs)
+the pure-JAX path runs.
 
 `GEMMA_SERVER_CPU_KERNELS=0` turns them off (to compare, or to rule them out).
 """
@@ -67,7 +68,8 @@ def available() -> bool:
 def describe() -> str:
     """One line for logs and `gemma-server info`: which path decode products take here."""
     if available():
-        return f"gemma_server CPU kernels (AVX-512) for float32/bfloat16/int8 weights, <= {MAX_ROWS} rows"
+        return ("gemma_server CPU kernels (AVX-512) for float32/bfloat16/int8 weights, "
+                f"<= {MAX_ROWS} rows")
     if jax.default_backend() != "cpu":
         return f"XLA ({jax.default_backend()})"
     reason = ("turned off by GEMMA_SERVER_CPU_KERNELS" if os.environ.get(
@@ -86,8 +88,8 @@ def wanted(rows: int, weight_dtype: jnp.dtype) -> bool:
 def matmul(x: jax.Array, w: jax.Array, scale: jax.Array | None = None) -> jax.Array:
     """float32 `x @ w.T`, times `scale` per output (row of w).
 
-    x: [..., K] any float dtype; w: [N, K] float32, bfloat16 or int8; scale: [N] float32, required for
-    int8. Only call when `wanted(...)` is true.
+    x: [..., K] any float dtype; w: [N, K] float32, bfloat16 or int8; scale: [N] float32,
+    required for int8. Only call when `wanted(...)` is true.
     """
     if _library() is None:
         raise RuntimeError("the CPU kernels are not available here")

@@ -149,7 +149,9 @@ def load_adapter(name: str, path: str | Path, cfg: GemmaConfig, max_rank: int = 
 def _read_tensors(file: Path, cfg: GemmaConfig) -> dict[tuple[int, str], dict[str, np.ndarray]]:
     out: dict[tuple[int, str], dict[str, np.ndarray]] = {}
     try:
-        handle = safe_open(file, framework="flax")
+        # numpy, not flax: the flax reader's device transfers compile once per tensor shape,
+        # which after warm-up (a runtime adapter load) would count as stray compilations
+        handle = safe_open(file, framework="numpy")
     except Exception as exc:
         raise ConfigurationError(f"{file}: not a readable safetensors file ({exc})") from None
     with handle as f:
@@ -166,6 +168,6 @@ def _read_tensors(file: Path, cfg: GemmaConfig) -> dict[tuple[int, str], dict[st
             if layer >= cfg.num_layers:
                 raise ConfigurationError(f"{file}: tensor {key} names layer {layer}, but the "
                                          f"base model has {cfg.num_layers} layers")
-            value = np.asarray(f.get_tensor(key), dtype=np.float32)
+            value = f.get_tensor(key).astype(np.float32)  # bf16 via ml_dtypes; host only
             out.setdefault((layer, _BY_MODULE[module]), {})[part] = value
     return out

@@ -39,6 +39,9 @@ class AdapterRegistry:
     def row(self, name: str) -> int | None:
         return self._rows.get(name)
 
+    def name_of(self, row: int) -> str | None:
+        return next((name for name, r in self._rows.items() if r == row), None)
+
     def names(self) -> list[str]:
         return list(self._rows)
 

@@ -108,7 +108,9 @@ def load_params(path: Path, cfg: GemmaConfig, dtype: jnp.dtype, progress: bool =
     wanted = {spec.hf_name for spec in specs}
     _check_names(index, wanted, cfg, path)
     tree = empty_tree(cfg)
-    for spec in tqdm(specs, desc="loading weights", unit="tensor", disable=not progress):
+    # disable=None: a bar on a terminal only, not in a log file or `docker logs`
+    for spec in tqdm(specs, desc="loading weights", unit="tensor",
+                     disable=None if progress else True):
         file, key = index[spec.hf_name]
         with safe_open(file, framework="flax") as f:
             tensor = f.get_tensor(key)

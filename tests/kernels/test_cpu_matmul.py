@@ -1,8 +1,8 @@
 """The AVX-512 decode kernels against a NumPy reference, and proof that decode uses them.
 
 Shapes cover both code paths for bfloat16 (AVX512-BF16 pairs when N and K are multiples of
-32, widening FMAs otherwise), float32, int8 with per-row scales, and every row count a decode step can
-have (1..16, in blocks of 8). The product is `x @ W.T` with W stored [N, K] (params.py).
+32, widening FMAs otherwise), float32, int8 with per-row scales, and every row count a decode
+step can have (1..16, in blocks of 8). The product is `x @ W.T` with W stored [N, K] (params.py).
 """
 
 from __future__ import annotations

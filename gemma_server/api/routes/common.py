@@ -17,9 +17,15 @@ from gemma_server.api.state import ServerState
 from gemma_server.datatypes import SamplingParams
 from gemma_server.errors import EngineFailure
 from gemma_server.service import ChoiceEnd, GenerationOutput, TextDelta, TokenLogprob, Usage
+from gemma_server.telemetry import RequestRecord
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
+
+
+def record_of(request: Request) -> RequestRecord | None:
+    """This request's telemetry record (made by the RequestObserver middleware)."""
+    return getattr(request.state, "record", None)
 
 
 def state_of(request: Request) -> ServerState:

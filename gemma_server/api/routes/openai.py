@@ -17,6 +17,7 @@ from gemma_server.api.routes.common import (
     Collected,
     collect,
     parse,
+    record_of,
     sampling,
     state_of,
     stream_failure,
@@ -36,6 +37,7 @@ from gemma_server.service import (
     TokenLogprob,
     Usage,
 )
+from gemma_server.telemetry import RequestRecord
 from gemma_server.tokenizer import ChatMessage
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
@@ -88,7 +90,7 @@ async def chat_completions(request: Request) -> Any:
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     output = service.submit(TextRequest(
         prompt, req.max_completion_tokens or req.max_tokens, _sampling(req), req.n,
-        req.stop_list(), logprobs, adapter_id=state.adapter(req.model)))
+        req.stop_list(), logprobs, adapter_id=state.adapter(req.model)), record_of(request))
     ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     head = {"id": ident, "created": created, "model": req.model, "system_fingerprint": None}
     if req.stream:
@@ -172,7 +174,7 @@ async def completions(request: Request) -> Any:
     texts: list[str] = []
     try:
         for prompt in req.prompts():
-            text, output = _submit_prompt(service, req, prompt, adapter)
+            text, output = _submit_prompt(service, req, prompt, adapter, record_of(request))
             texts.append(text)
             outputs.append(output)
     except BaseException:
@@ -208,7 +210,8 @@ async def completions(request: Request) -> Any:
 
 
 def _submit_prompt(service: ModelService, req: CompletionRequest, prompt: str | list[int],
-                   adapter: int | None) -> tuple[str, GenerationOutput]:
+                   adapter: int | None,
+                   record: RequestRecord | None) -> tuple[str, GenerationOutput]:
     """A completion prompt is raw text (one BOS, no template) or token ids."""
     if isinstance(prompt, str):
         ids, text = service.prompt_from_text(prompt, raw=True), prompt
@@ -218,7 +221,8 @@ def _submit_prompt(service: ModelService, req: CompletionRequest, prompt: str | 
                            "prompt")
         ids, text = tuple(prompt), service.tokenizer.decode(list(prompt))
     output = service.submit(TextRequest(ids, req.max_tokens, _sampling(req), req.n,
-                                        req.stop_list(), req.logprobs, adapter_id=adapter))
+                                        req.stop_list(), req.logprobs, adapter_id=adapter),
+                            record)
     return text, output
 
 

@@ -12,6 +12,7 @@ from gemma_server.api.body import read_json_object
 from gemma_server.api.errors import ApiError
 from gemma_server.api.routes.common import (
     collect,
+    record_of,
     sampling,
     state_of,
     stream_failure,
@@ -73,7 +74,8 @@ async def _run(model: str, request: Request, envelope: bool) -> Any:
     params = sampling(req.temperature, req.top_p, req.top_k, req.repetition_penalty,
                       req.frequency_penalty, req.presence_penalty, req.seed)
     output = service.submit(TextRequest(_prompt_ids(service, req), req.max_tokens, params,
-                                        stop=req.stop_list(), adapter_id=adapter))
+                                        stop=req.stop_list(), adapter_id=adapter),
+                            record_of(request))
     if req.stream:
         return event_stream(_events(output))
     result = await until_disconnected(request, collect(output, 1), output.cancel)
