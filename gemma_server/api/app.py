@@ -2,7 +2,8 @@
 
 Routes are thin; everything that can go wrong is turned into each API's own error shape here,
 in one place. Authentication (when API keys are configured) is a middleware, so it also
-covers unknown paths; only `/health` is open.
+covers unknown paths; only the probes (`/health`, `/metrics`) and the playground's static page
+are open.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gemma_server import __version__
 from gemma_server.api.errors import ApiError, from_domain, render
 from gemma_server.api.observe import RequestObserver
-from gemma_server.api.routes import lora_admin, openai, workers_ai
+from gemma_server.api.routes import lora_admin, openai, playground, workers_ai
 from gemma_server.api.state import ServerState
 from gemma_server.errors import GemmaServerError
 from gemma_server.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
-OPEN_PATHS = frozenset({"/health", "/metrics"})  # probes: no API key needed
+OPEN_PATHS = frozenset({"/health", "/metrics", "/", "/playground"})  # no API key needed
+OPEN_PREFIXES = (playground.STATIC_PREFIX + "/",)
 
 
 def create_app(state: ServerState,
@@ -49,6 +51,8 @@ def create_app(state: ServerState,
     app.include_router(workers_ai.router)
     app.include_router(openai.router)
     app.include_router(lora_admin.router)
+    app.include_router(playground.router)
+    app.mount(playground.STATIC_PREFIX, playground.static_files(), name="playground")
     _install_health(app, state)
     _install_auth(app, state)
     _install_error_handlers(app)
@@ -76,7 +80,8 @@ def _install_auth(app: FastAPI, state: ServerState) -> None:
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        if keys and request.url.path not in OPEN_PATHS:
+        path = request.url.path
+        if keys and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             given = token.strip().encode() if scheme.lower() == "bearer" else b""

@@ -94,9 +94,6 @@ def _readme_docker_section() -> str:
     text = (ROOT / "README.md").read_text()
     match = re.search(r"^## Docker\n(.*?)(?=^## )", text, flags=re.M | re.S)
     assert match, "README.md has no '## Docker' section"
-    headings = re.findall(r"^## (.+)$", text, flags=re.M)
-    docker = headings.index("Docker")
-    assert headings[docker - 1] == "Using it" and headings[docker + 1] == "Commands and settings"
     return match.group(1)
 
 
