@@ -56,6 +56,15 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
     a("--max-lora-rank", type=int, help="largest adapter rank accepted (default 32)")
     a("--allow-runtime-lora", action="store_true", default=None,
       help="enable /v1/load_lora_adapter and /v1/unload_lora_adapter (needs --api-key)")
+    a("--tensor-parallel", type=int, metavar="N",
+      help="shard the model over N devices (heads, KV heads, MLP, vocabulary; default 1)")
+    a("--memory-utilization", type=float, metavar="FRACTION",
+      help="share of each device's memory the weights and KV cache may plan for; start-up "
+           "refuses a plan beyond it (default 0.9)")
+    a("--coordinator-address", metavar="HOST:PORT",
+      help="multi-host: process 0's address for jax.distributed.initialize")
+    a("--num-processes", type=int, help="multi-host: processes in the slice")
+    a("--process-id", type=int, help="multi-host: this process's index (0 serves HTTP)")
     a("--log-level", choices=["debug", "info", "warning", "error"])
     a("--log-format", choices=["text", "json"],
       help="text (default) or one JSON object per line; either way one line per request")

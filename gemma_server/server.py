@@ -9,6 +9,7 @@ or loads from the persistent compilation cache), each logged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -27,6 +28,8 @@ from gemma_server.logs import configure_logging
 from gemma_server.lora import LoraAdapter, load_adapter
 from gemma_server.model.checkpoint import resolve_checkpoint_dir, resolve_dtype
 from gemma_server.model.hf_config import load_hf_config
+from gemma_server.model.memory_plan import check_fits, plan_memory
+from gemma_server.model.memory_plan import describe as describe_plan
 from gemma_server.settings import ServerSettings
 
 log = logging.getLogger("gemma_server")
@@ -42,7 +45,10 @@ def served_names(settings: ServerSettings) -> list[str]:
 
 def preflight(settings: ServerSettings) -> list[LoraAdapter]:
     """Fail before listening on what can be checked without the weights: dtype, paths,
-    config.json, limits, and every LoRA adapter (returned, loaded on the host)."""
+    config.json, limits, the memory plan against the devices (tensor parallel included),
+    and every LoRA adapter (returned, loaded on the host)."""
+    from gemma_server.model import sharding
+
     resolve_dtype(settings.dtype)
     path = demo_checkpoint_dir() if settings.checkpoint is None else \
         resolve_checkpoint_dir(settings.checkpoint)
@@ -51,6 +57,14 @@ def preflight(settings: ServerSettings) -> list[LoraAdapter]:
         raise ConfigurationError(
             f"max_total_tokens ({settings.max_total_tokens}) exceeds the model's "
             f"max_position_embeddings ({cfg.max_position_embeddings})")
+    plan = plan_memory(cfg, settings.dtype, settings.quantize, settings.tensor_parallel,
+                       settings.max_batch_size, settings.max_total_tokens)
+    if settings.tensor_parallel > 1:
+        sharding.make_mesh(settings.tensor_parallel)  # refuses more devices than there are
+    log.info("%s", describe_plan(plan))
+    device_bytes = sharding.device_memory_bytes()
+    if device_bytes is not None:
+        check_fits(plan, device_bytes, settings.memory_utilization)
     adapters = [load_adapter(name, source, cfg, settings.max_lora_rank)
                 for name, source in settings.lora_sources()]
     settings.engine_config(settings.lora_capacity(len(adapters)))
@@ -71,24 +85,37 @@ class Startup:
 def load_into(state: ServerState, settings: ServerSettings, adapters: list[LoraAdapter],
               startup: Startup | None = None) -> None:
     """Load weights, start and warm the engine, load the adapters, then mark ready."""
+    import jax
+
     from gemma_server.engine.engine import Engine
     from gemma_server.kernels.cpu_matmul import describe as describe_kernels
     from gemma_server.loading import load_model
+    from gemma_server.model import sharding
     from gemma_server.service import ModelService
 
     startup = startup or Startup()
     began = time.perf_counter()
-    model = load_model(settings.checkpoint, settings.dtype, quantize=settings.quantize)
+    mesh = sharding.make_mesh(settings.tensor_parallel) if settings.tensor_parallel > 1 \
+        else None
+    # Split over a mesh, the model is loaded into host memory first: one accelerator alone
+    # may not hold it (the reason to split it), and each device then receives its slices.
+    placement = jax.default_device(jax.devices("cpu")[0]) if mesh is not None \
+        else contextlib.nullcontext()
+    with placement:
+        model = load_model(settings.checkpoint, settings.dtype, quantize=settings.quantize)
     startup.load_seconds = time.perf_counter() - began
     log.info("weights loaded in %.1f s", startup.load_seconds)
     state.status = "warming"
     capacity = settings.lora_capacity(len(adapters))
     engine = Engine(model.checkpoint.params, model.checkpoint.config,
-                    settings.engine_config(capacity), vocab_limit=model.tokenizer.vocab_size)
+                    settings.engine_config(capacity), vocab_limit=model.tokenizer.vocab_size,
+                    mesh=mesh)
+    name, tokenizer, stop_ids = state.names[0], model.tokenizer, model.stop_ids
+    del model  # with a mesh, the host copy of the weights goes now
     weights, kv_cache = engine.executor.memory_bytes()
-    log.info("memory plan: weights %.2f GB + KV cache %.2f GB (%d slots x %d tokens)",
-             weights / 1e9, kv_cache / 1e9, engine.executor.slots,
-             settings.max_total_tokens)
+    log.info("memory held: weights %.2f GB + KV cache %.2f GB (%d slots x %d tokens)%s",
+             weights / 1e9, kv_cache / 1e9, engine.executor.slots, settings.max_total_tokens,
+             f" over {settings.tensor_parallel} devices" if mesh is not None else "")
     cache = engine.config.compilation_cache_dir
     log.info("compiling every step shape (compilation cache: %s)", cache or "off")
     with _WarmUpBar() as bar:
@@ -98,12 +125,13 @@ def load_into(state: ServerState, settings: ServerSettings, adapters: list[LoraA
     startup.compiled, startup.cache_hits = ex.compiled_at_warm_up, ex.cache_hits_at_warm_up
     log.info("warm-up took %.1f s: %d executables compiled, %d loaded from the compilation "
              "cache; decode matmuls: %s", ex.compile_seconds, ex.compiled_at_warm_up,
-             ex.cache_hits_at_warm_up, describe_kernels())
+             ex.cache_hits_at_warm_up,
+             describe_kernels() if mesh is None else "XLA, tensor parallel")
     for adapter in adapters:
         engine.load_adapter(adapter)
         log.info("LoRA adapter %s loaded from %s (rank %d)", adapter.name, adapter.path,
                  adapter.rank)
-    state.service = ModelService(state.names[0], model.tokenizer, engine, model.stop_ids)
+    state.service = ModelService(name, tokenizer, engine, stop_ids)
     state.status = "ready"
 
 
@@ -176,6 +204,17 @@ def serve(settings: ServerSettings) -> int:
     startup = Startup()
     api_keys = settings.api_keys()
     configure_logging(settings.log_level, settings.log_format, secrets=api_keys)
+    if settings.coordinator_address is not None:
+        from gemma_server.model import sharding
+
+        assert settings.num_processes is not None and settings.process_id is not None
+        sharding.initialize_processes(settings.coordinator_address, settings.num_processes,
+                                      settings.process_id)
+        if settings.process_id != 0:
+            raise ConfigurationError(
+                "processes other than 0 of a multi-host slice must run the engine's steps in "
+                "lockstep with process 0, which this release does not do yet: run one "
+                "process per host only as process 0, or a single-host mesh")
     adapters = preflight(settings)
     state = ServerState(names=served_names(settings), api_keys=api_keys,
                         max_body_bytes=settings.max_body_bytes,

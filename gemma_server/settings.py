@@ -52,6 +52,11 @@ class ServerSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     shutdown_timeout: float = Field(30.0, ge=0)
+    tensor_parallel: int = Field(1, ge=1, le=1024)
+    memory_utilization: float = Field(0.9, gt=0, le=1)
+    coordinator_address: str | None = None  # multi-host: HOST:PORT of process 0
+    num_processes: int | None = Field(None, ge=1)
+    process_id: int | None = Field(None, ge=0)
 
     @field_validator("served_model_name", "api_key", mode="before")
     @classmethod
@@ -79,6 +84,14 @@ class ServerSettings(BaseSettings):
             raise ValueError(
                 f"max_input_length ({self.max_input_length}) must be < max_total_tokens "
                 f"({self.max_total_tokens})")
+        multi_host = (self.coordinator_address, self.num_processes, self.process_id)
+        if any(v is not None for v in multi_host) and any(v is None for v in multi_host):
+            raise ValueError("multi-host serving needs coordinator_address, num_processes and "
+                             "process_id together")
+        if self.num_processes is not None and self.process_id is not None and \
+                self.process_id >= self.num_processes:
+            raise ValueError(f"process_id ({self.process_id}) must be < num_processes "
+                             f"({self.num_processes})")
         if self.allow_runtime_lora and not (self.api_key or self.api_key_file):
             raise ValueError("allow_runtime_lora needs an API key: the adapter routes must be "
                              "authenticated")

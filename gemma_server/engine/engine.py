@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from jax.sharding import Mesh
 
 from gemma_server.config import EngineConfig
 from gemma_server.datatypes import FinishEvent, FinishReason, GenerationRequest, TokenEvent
@@ -33,9 +34,10 @@ log = logging.getLogger(__name__)
 
 class Engine:
     def __init__(self, params: Params, cfg: GemmaConfig, config: EngineConfig,
-                 vocab_limit: int | None = None):
+                 vocab_limit: int | None = None, mesh: Mesh | None = None):
+        """`mesh`: serve the model tensor-parallel over these devices (Executor)."""
         self.config = config
-        self.executor = Executor(params, cfg, config, vocab_limit)
+        self.executor = Executor(params, cfg, config, vocab_limit, mesh)
         self.scheduler = Scheduler(config)
         self.adapters = AdapterRegistry(config.max_loras)
         self._device = threading.Lock()  # one user of the device state at a time

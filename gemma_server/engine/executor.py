@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from gemma_server.config import EngineConfig
 from gemma_server.datatypes import MAX_LOGIT_BIAS, SamplingParams
@@ -28,6 +30,7 @@ from gemma_server.host_memory import release_freed_memory
 from gemma_server.kernels import cpu_matmul
 from gemma_server.lora.adapter import LoraAdapter
 from gemma_server.lora.stack import adapter_rows, empty_stacks
+from gemma_server.model import sharding
 from gemma_server.model.cache import KVCache, init_cache
 from gemma_server.model.config import GemmaConfig
 from gemma_server.model.forward import forward
@@ -94,11 +97,12 @@ def use_compilation_cache(directory: str) -> None:
 
 
 def _abstract(tree: Any) -> Any:
-    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+    """Shapes, dtypes and (for arrays placed on a mesh) shardings of a tree's leaves."""
+    def spec(a: Any) -> jax.ShapeDtypeStruct:
+        sharding = a.sharding if isinstance(a, jax.Array) and a.committed else None
+        return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
 
-
-def _spec(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(shape, dtype)
+    return jax.tree_util.tree_map(spec, tree)
 
 
 class Executor:
@@ -106,19 +110,28 @@ class Executor:
     compiled steps that transform it. Host code passes numpy arrays in and gets numpy out."""
 
     def __init__(self, params: Params, cfg: GemmaConfig, config: EngineConfig,
-                 vocab_limit: int | None = None):
+                 vocab_limit: int | None = None, mesh: Mesh | None = None):
+        """With a `mesh` of several devices the model is tensor-parallel over it
+        (model/sharding.py): parameters and KV cache split, everything else replicated."""
+        self.mesh = mesh if mesh is not None and mesh.size > 1 else None
+        if self.mesh is not None:
+            params = sharding.shard_params(params, cfg, self.mesh)
         self.params, self.cfg, self.config = params, cfg, config
         self.slots = config.max_batch_size
         self.vocab_limit = min(vocab_limit or cfg.vocab_size, cfg.vocab_size)
         dtype = compute_dtype(params)
-        self.cache = init_cache(cfg, self.slots, config.max_total_tokens, dtype)
-        self.state = steps.init_state(self.slots, cfg.vocab_size)
+        self.cache: KVCache
+        self.state: SamplingRows
+        self.reset()
         self.lora = (empty_stacks(cfg, config.max_loras, config.max_lora_rank, dtype)
                      if config.max_loras else None)
+        if self.mesh is not None and self.lora is not None:
+            self.lora = jax.device_put(self.lora, sharding.replicated(self.mesh))
         # XLA:CPU's bfloat16 matmuls are several times slower with fewer than 8 rows than
         # with 8, so without our CPU kernels bfloat16 decode steps carry at least 8 (possibly
-        # idle) slots; the kernels are fast at any row count.
-        slow_few_rows = dtype == jnp.bfloat16 and not cpu_matmul.available()
+        # idle) slots; the kernels are fast at any row count (and unused on a mesh).
+        slow_few_rows = dtype == jnp.bfloat16 and not (cpu_matmul.available() and
+                                                      self.mesh is None)
         self.min_decode_rows = 8 if slow_few_rows else 1
         self._prefill: dict[tuple[int, int], Any] = {}
         self._set_adapter: Any = None
@@ -151,28 +164,34 @@ class Executor:
             use_compilation_cache(self.config.compilation_cache_dir)
         p, c, s = _abstract(self.params), _abstract(self.cache), _abstract(self.state)
         lo = _abstract(self.lora)
-        i32, m = jnp.int32, self.slots
+        i32, m, spec = jnp.int32, self.slots, self._spec
         kw: dict[str, Any] = {"cfg": self.cfg, "vocab_limit": self.vocab_limit}
-        lowered: dict[Any, Any] = {
-            "insert": jax.jit(steps.insert, donate_argnames="state").lower(
-                s, _spec((), i32), _abstract(self._row_template())),
-            **{("decode", rows, n): jax.jit(partial(steps.decode, attend_len=n, **kw),
-                                            donate_argnames=("cache", "state"))
-               .lower(p, c, s, lo, _spec((rows,), i32), _spec((rows,), i32))
-               for rows, n in self.config.decode_shapes(self.min_decode_rows)},
-            "fork": jax.jit(partial(steps.fork, vocab_limit=self.vocab_limit),
-                            donate_argnames=("cache", "state")).lower(
-                c, s, _spec((), i32), _spec((m,), i32),
-                _spec((self.cfg.vocab_size,), jnp.float32)),
-        }
-        if self.lora is not None:
-            lowered["set_adapter"] = jax.jit(steps.set_adapter, donate_argnames="stacks").lower(
-                lo, _spec((), i32), _abstract(jax.tree_util.tree_map(lambda a: a[0], self.lora)))
-        prefill = jax.jit(partial(steps.prefill, **kw), donate_argnames=("cache", "state"))
-        for rows, bucket in self.config.prefill_shapes():
-            lowered[(rows, bucket)] = prefill.lower(
-                p, c, s, lo, _spec((rows,), i32), _spec((rows, bucket), i32),
-                _spec((rows, bucket), i32), _spec((rows,), i32), _spec((rows,), jnp.bool_))
+        cache_and_state = ("cache", "state")
+        decode = {n: self._jit(partial(steps.decode, attend_len=n, **kw), cache_and_state, "rcr")
+                  for n in self.config.attention_buckets}
+        prefill = self._jit(partial(steps.prefill, **kw), cache_and_state, "rrcr")
+        fork = self._jit(partial(steps.fork, vocab_limit=self.vocab_limit), cache_and_state,
+                         "rcr")
+        row = jax.tree_util.tree_map(lambda a: spec(a.shape, a.dtype), self._row_template())
+        # A sharded model's products are XLA's: it cannot partition our CPU custom calls.
+        tracing = cpu_matmul.kernels_off() if self.mesh is not None else nullcontext()
+        with tracing:
+            lowered: dict[Any, Any] = {
+                "insert": self._jit(steps.insert, ("state",), "r").lower(s, spec((), i32), row),
+                **{("decode", rows, n): decode[n].lower(p, c, s, lo, spec((rows,), i32),
+                                                        spec((rows,), i32))
+                   for rows, n in self.config.decode_shapes(self.min_decode_rows)},
+                "fork": fork.lower(c, s, spec((), i32), spec((m,), i32),
+                                   spec((self.cfg.vocab_size,), jnp.float32)),
+            }
+            if self.lora is not None:
+                one = jax.tree_util.tree_map(lambda a: spec(a.shape[1:], a.dtype), self.lora)
+                lowered["set_adapter"] = self._jit(steps.set_adapter, ("stacks",), "r").lower(
+                    lo, spec((), i32), one)
+            for rows, bucket in self.config.prefill_shapes():
+                lowered[(rows, bucket)] = prefill.lower(
+                    p, c, s, lo, spec((rows,), i32), spec((rows, bucket), i32),
+                    spec((rows, bucket), i32), spec((rows,), i32), spec((rows,), jnp.bool_))
 
         # One at a time: on a few cores parallel compiles were no faster (53 s either way on
         # bench-150m, 2 cores) and each held its own LLVM working memory (peak RSS +0.4 GB).
@@ -253,10 +272,31 @@ class Executor:
         return any(leaf.is_deleted() for leaf in leaves)
 
     def reset(self) -> None:
-        """Fresh cache and state, after a failed step may have consumed the donated ones."""
+        """Fresh cache and state (at start, and after a failed step may have consumed the
+        donated ones), placed on the mesh if there is one."""
         dtype = compute_dtype(self.params)
         self.cache = init_cache(self.cfg, self.slots, self.config.max_total_tokens, dtype)
         self.state = steps.init_state(self.slots, self.cfg.vocab_size)
+        if self.mesh is not None:
+            self.cache = jax.device_put(
+                self.cache, sharding.cache_shardings(self.cache, self.cfg, self.mesh))
+            self.state = jax.device_put(self.state, sharding.replicated(self.mesh))
+
+    def _spec(self, shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
+        """A host input of a step (token ids, slots...): replicated on a mesh."""
+        placed = None if self.mesh is None else sharding.replicated(self.mesh)
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=placed)
+
+    def _jit(self, fn: Callable[..., Any], donate: tuple[str, ...], outputs: str) -> Any:
+        """jax.jit, with the output layouts pinned on a mesh: the KV cache stays split as it
+        came in (`c` in `outputs`), everything else replicated (`r`)."""
+        if self.mesh is None:
+            return jax.jit(fn, donate_argnames=donate)
+        rep = sharding.replicated(self.mesh)
+        kv = sharding.cache_shardings(self.cache, self.cfg, self.mesh)
+        out = tuple(kv if o == "c" else rep for o in outputs)
+        return jax.jit(fn, donate_argnames=donate, out_shardings=out[0] if len(out) == 1
+                       else out)
 
     def prefill(self, slots: np.ndarray, tokens: np.ndarray, positions: np.ndarray,
                 last: np.ndarray, final: np.ndarray) -> tuple[dict[str, np.ndarray], jax.Array]:

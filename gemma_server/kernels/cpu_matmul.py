@@ -14,11 +14,14 @@ the pure-JAX path runs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import functools
 import importlib.machinery
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -33,6 +36,7 @@ _WEIGHT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp
 # 2.6 vs 3.0 ms on a 32000x1024 head); from two rows on it falls to a third of that, which the
 # kernels keep (2 rows 2.5x, 8 rows 1.5x faster), so float32 starts there.
 _MIN_ROWS = {jnp.dtype(jnp.float32): 2}
+_OFF_WHILE_TRACING = contextvars.ContextVar("gemma_server_cpu_kernels_off", default=False)
 
 
 def _library_path() -> Path | None:
@@ -82,7 +86,18 @@ def wanted(rows: int, weight_dtype: jnp.dtype) -> bool:
     """Whether a product with `rows` rows and these weights should go to the kernels."""
     dtype = jnp.dtype(weight_dtype)
     return (dtype in _WEIGHT_DTYPES and _MIN_ROWS.get(dtype, 1) <= rows <= MAX_ROWS
-            and available())
+            and not _OFF_WHILE_TRACING.get() and available())
+
+
+@contextlib.contextmanager
+def kernels_off() -> Iterator[None]:
+    """Trace with XLA's own products only: for a model sharded over several devices, whose
+    products XLA must partition (it cannot split a custom call)."""
+    token = _OFF_WHILE_TRACING.set(True)
+    try:
+        yield
+    finally:
+        _OFF_WHILE_TRACING.reset(token)
 
 
 def matmul(x: jax.Array, w: jax.Array, scale: jax.Array | None = None) -> jax.Array:

@@ -104,10 +104,14 @@ def _projector(lp: Params, cfg: GemmaConfig,
     fused one: `qkv`, `gate_up`), each plus its row's LoRA delta if any."""
 
     def proj(name: str, x: jax.Array) -> list[jax.Array]:
-        y = dense(x, lp[name])
         parts = FUSED.get(name, (name,))
-        outs = [y] if len(parts) == 1 else \
-            jnp.split(y, list(itertools.accumulate(fused_sizes(cfg, name)))[:-1], axis=-1)
+        if name not in lp:  # unfused (tensor-parallel layout, sharding.py): one per part
+            outs = [dense(x, lp[part]) for part in parts]
+        elif len(parts) == 1:
+            outs = [dense(x, lp[name])]
+        else:
+            outs = jnp.split(dense(x, lp[name]),
+                             list(itertools.accumulate(fused_sizes(cfg, name)))[:-1], axis=-1)
         if lora is not None:
             outs = [out + lora_delta(x, lora[0][part], lora[1])
                     for out, part in zip(outs, parts, strict=True)]
