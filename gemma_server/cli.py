@@ -58,6 +58,8 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
       help="enable /v1/load_lora_adapter and /v1/unload_lora_adapter (needs --api-key)")
     a("--tensor-parallel", type=int, metavar="N",
       help="shard the model over N devices (heads, KV heads, MLP, vocabulary; default 1)")
+    a("--data-parallel", type=int, metavar="N",
+      help="N replicas of the model, one per device, requests to the least loaded (default 1)")
     a("--memory-utilization", type=float, metavar="FRACTION",
       help="share of each device's memory the weights and KV cache may plan for; start-up "
            "refuses a plan beyond it (default 0.9)")

@@ -61,6 +61,8 @@ def preflight(settings: ServerSettings) -> list[LoraAdapter]:
                        settings.max_batch_size, settings.max_total_tokens)
     if settings.tensor_parallel > 1:
         sharding.make_mesh(settings.tensor_parallel)  # refuses more devices than there are
+    if settings.data_parallel > 1:
+        sharding.take_devices(settings.data_parallel, "data_parallel")
     log.info("%s", describe_plan(plan))
     device_bytes = sharding.device_memory_bytes()
     if device_bytes is not None:
@@ -88,6 +90,7 @@ def load_into(state: ServerState, settings: ServerSettings, adapters: list[LoraA
     import jax
 
     from gemma_server.engine.engine import Engine
+    from gemma_server.engine.pool import EnginePool
     from gemma_server.kernels.cpu_matmul import describe as describe_kernels
     from gemma_server.loading import load_model
     from gemma_server.model import sharding
@@ -99,7 +102,8 @@ def load_into(state: ServerState, settings: ServerSettings, adapters: list[LoraA
         else None
     # Split over a mesh, the model is loaded into host memory first: one accelerator alone
     # may not hold it (the reason to split it), and each device then receives its slices.
-    placement = jax.default_device(jax.devices("cpu")[0]) if mesh is not None \
+    replicas = settings.data_parallel
+    placement = jax.default_device(jax.devices("cpu")[0]) if mesh is not None or replicas > 1 \
         else contextlib.nullcontext()
     with placement:
         model = load_model(settings.checkpoint, settings.dtype, quantize=settings.quantize)
@@ -107,25 +111,35 @@ def load_into(state: ServerState, settings: ServerSettings, adapters: list[LoraA
     log.info("weights loaded in %.1f s", startup.load_seconds)
     state.status = "warming"
     capacity = settings.lora_capacity(len(adapters))
-    engine = Engine(model.checkpoint.params, model.checkpoint.config,
-                    settings.engine_config(capacity), vocab_limit=model.tokenizer.vocab_size,
-                    mesh=mesh)
+    engine: Engine | EnginePool
+    if replicas > 1:
+        engine = EnginePool(model.checkpoint.params, model.checkpoint.config,
+                            settings.engine_config(capacity),
+                            sharding.take_devices(replicas, "data_parallel"),
+                            vocab_limit=model.tokenizer.vocab_size)
+    else:
+        engine = Engine(model.checkpoint.params, model.checkpoint.config,
+                        settings.engine_config(capacity), vocab_limit=model.tokenizer.vocab_size,
+                        mesh=mesh)
     name, tokenizer, stop_ids = state.names[0], model.tokenizer, model.stop_ids
     del model  # with a mesh, the host copy of the weights goes now
+    executors = [e.executor for e in engine.engines] if isinstance(engine, EnginePool) \
+        else [engine.executor]
     weights, kv_cache = engine.executor.memory_bytes()
     log.info("memory held: weights %.2f GB + KV cache %.2f GB (%d slots x %d tokens)%s",
              weights / 1e9, kv_cache / 1e9, engine.executor.slots, settings.max_total_tokens,
-             f" over {settings.tensor_parallel} devices" if mesh is not None else "")
+             f" over {settings.tensor_parallel} devices" if mesh is not None else
+             f" in each of {replicas} replicas (one per device)" if replicas > 1 else "")
     cache = engine.config.compilation_cache_dir
     log.info("compiling every step shape (compilation cache: %s)", cache or "off")
     with _WarmUpBar() as bar:
         engine.start(progress=bar.update)
-    ex = engine.executor
-    startup.compile_seconds = ex.compile_seconds
-    startup.compiled, startup.cache_hits = ex.compiled_at_warm_up, ex.cache_hits_at_warm_up
+    startup.compile_seconds = sum(ex.compile_seconds for ex in executors)
+    startup.compiled = sum(ex.compiled_at_warm_up for ex in executors)
+    startup.cache_hits = sum(ex.cache_hits_at_warm_up for ex in executors)
     log.info("warm-up took %.1f s: %d executables compiled, %d loaded from the compilation "
-             "cache; decode matmuls: %s", ex.compile_seconds, ex.compiled_at_warm_up,
-             ex.cache_hits_at_warm_up,
+             "cache; decode matmuls: %s", startup.compile_seconds, startup.compiled,
+             startup.cache_hits,
              describe_kernels() if mesh is None else "XLA, tensor parallel")
     for adapter in adapters:
         engine.load_adapter(adapter)

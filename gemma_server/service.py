@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from gemma_server.datatypes import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 from gemma_server.engine.engine import Engine
+from gemma_server.engine.pool import EnginePool
 from gemma_server.errors import ContextTooLong, EngineFailure, InvalidRequest
 from gemma_server.stop_strings import StopStringMatcher
 from gemma_server.telemetry import RequestRecord
@@ -74,7 +75,7 @@ class TextRequest:
 
 
 class ModelService:
-    def __init__(self, name: str, tokenizer: GemmaTokenizer, engine: Engine,
+    def __init__(self, name: str, tokenizer: GemmaTokenizer, engine: Engine | EnginePool,
                  stop_ids: frozenset[int]):
         self.name = name
         self.tokenizer = tokenizer

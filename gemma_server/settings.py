@@ -53,6 +53,7 @@ class ServerSettings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     shutdown_timeout: float = Field(30.0, ge=0)
     tensor_parallel: int = Field(1, ge=1, le=1024)
+    data_parallel: int = Field(1, ge=1, le=1024)
     memory_utilization: float = Field(0.9, gt=0, le=1)
     coordinator_address: str | None = None  # multi-host: HOST:PORT of process 0
     num_processes: int | None = Field(None, ge=1)
@@ -84,6 +85,9 @@ class ServerSettings(BaseSettings):
             raise ValueError(
                 f"max_input_length ({self.max_input_length}) must be < max_total_tokens "
                 f"({self.max_total_tokens})")
+        if self.tensor_parallel > 1 and self.data_parallel > 1:
+            raise ValueError("tensor_parallel and data_parallel cannot be combined yet: run "
+                             "one server per group of devices instead")
         multi_host = (self.coordinator_address, self.num_processes, self.process_id)
         if any(v is not None for v in multi_host) and any(v is None for v in multi_host):
             raise ValueError("multi-host serving needs coordinator_address, num_processes and "

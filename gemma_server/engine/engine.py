@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from jax import Device
 from jax.sharding import Mesh
 
 from gemma_server.config import EngineConfig
@@ -34,10 +35,12 @@ log = logging.getLogger(__name__)
 
 class Engine:
     def __init__(self, params: Params, cfg: GemmaConfig, config: EngineConfig,
-                 vocab_limit: int | None = None, mesh: Mesh | None = None):
-        """`mesh`: serve the model tensor-parallel over these devices (Executor)."""
+                 vocab_limit: int | None = None, mesh: Mesh | None = None,
+                 device: Device | None = None):
+        """`mesh`: serve the model tensor-parallel over these devices; `device`: on this one
+        device (a data-parallel replica, engine/pool.py). See Executor."""
         self.config = config
-        self.executor = Executor(params, cfg, config, vocab_limit, mesh)
+        self.executor = Executor(params, cfg, config, vocab_limit, mesh, device)
         self.scheduler = Scheduler(config)
         self.adapters = AdapterRegistry(config.max_loras)
         self._device = threading.Lock()  # one user of the device state at a time
@@ -117,14 +120,18 @@ class Engine:
         if row is None:
             raise ModelNotFound(f"no LoRA adapter named {name!r} is loaded")
         self.adapters.release(name)  # new requests can no longer resolve the name
-        with self._cond:
-            users = sum(1 for a in self.scheduler.by_id.values() if a.request.adapter_id == row)
-            users += sum(1 for r, _, _ in self.scheduler.waiting if r.adapter_id == row)
+        users = self.adapter_users(row)
         if users:
             self.adapters.reserve(name, str(row))
             raise InvalidRequest(f"adapter {name!r} is in use by {users} request(s)")
         with self._device:
             self.executor.set_adapter(row, None)
+
+    def adapter_users(self, row: int) -> int:
+        """Requests, waiting or running, that use the adapter in LoRA row `row`."""
+        with self._cond:
+            users = sum(1 for a in self.scheduler.by_id.values() if a.request.adapter_id == row)
+            return users + sum(1 for r, _, _ in self.scheduler.waiting if r.adapter_id == row)
 
     def stats(self) -> dict[str, int]:
         """Counts for metrics and draining: requests waiting / prefilling, slots decoding /

@@ -110,12 +110,17 @@ class Executor:
     compiled steps that transform it. Host code passes numpy arrays in and gets numpy out."""
 
     def __init__(self, params: Params, cfg: GemmaConfig, config: EngineConfig,
-                 vocab_limit: int | None = None, mesh: Mesh | None = None):
+                 vocab_limit: int | None = None, mesh: Mesh | None = None,
+                 device: jax.Device | None = None):
         """With a `mesh` of several devices the model is tensor-parallel over it
-        (model/sharding.py): parameters and KV cache split, everything else replicated."""
+        (model/sharding.py): parameters and KV cache split, everything else replicated.
+        With a `device`, everything lives on that one device (a data-parallel replica)."""
         self.mesh = mesh if mesh is not None and mesh.size > 1 else None
+        self.device = device if self.mesh is None else None
         if self.mesh is not None:
             params = sharding.shard_params(params, cfg, self.mesh)
+        elif self.device is not None:
+            params = jax.device_put(params, self.device)
         self.params, self.cfg, self.config = params, cfg, config
         self.slots = config.max_batch_size
         self.vocab_limit = min(vocab_limit or cfg.vocab_size, cfg.vocab_size)
@@ -125,8 +130,8 @@ class Executor:
         self.reset()
         self.lora = (empty_stacks(cfg, config.max_loras, config.max_lora_rank, dtype)
                      if config.max_loras else None)
-        if self.mesh is not None and self.lora is not None:
-            self.lora = jax.device_put(self.lora, sharding.replicated(self.mesh))
+        if self.lora is not None and self._placement() is not None:
+            self.lora = jax.device_put(self.lora, self._placement())
         # XLA:CPU's bfloat16 matmuls are several times slower with fewer than 8 rows than
         # with 8, so without our CPU kernels bfloat16 decode steps carry at least 8 (possibly
         # idle) slots; the kernels are fast at any row count (and unused on a mesh).
@@ -212,8 +217,13 @@ class Executor:
         self.compile_seconds = time.perf_counter() - start
         self.compiled_at_warm_up = CompileCount.compiled() - compiled_before
         self.cache_hits_at_warm_up = CompileCount.cache_hits - hits_before
-        self._compiles_before_serving = CompileCount.compiled()
+        self.mark_serving()
         return self.compile_seconds
+
+    def mark_serving(self) -> None:
+        """From now on a compilation counts as one after warm-up (a pool of replicas marks
+        each again once all have warmed up: the counts are per process)."""
+        self._compiles_before_serving = CompileCount.compiled()
 
     def compilations_after_warm_up(self) -> int:
         """XLA compilations in this process since warm-up ended (0 while serving is the
@@ -236,7 +246,7 @@ class Executor:
             raise ConfigurationError("LoRA adapters need max_loras >= 1 (--max-loras)")
         rows = adapter_rows(adapter, self.cfg, self.config.max_lora_rank,
                             compute_dtype(self.params))
-        self.lora = self._set_adapter(self.lora, jnp.int32(row), rows)
+        self.lora = self._set_adapter(self.lora, np.int32(row), rows)
 
     def insert(self, slot: int, sampling: SamplingParams, seed: int, adapter: int = 0,
                top_logprobs: bool = False) -> None:
@@ -280,12 +290,23 @@ class Executor:
         if self.mesh is not None:
             self.cache = jax.device_put(
                 self.cache, sharding.cache_shardings(self.cache, self.cfg, self.mesh))
-            self.state = jax.device_put(self.state, sharding.replicated(self.mesh))
+        if self._placement() is not None:
+            self.state = jax.device_put(self.state, self._placement())
+            if self.mesh is None:
+                self.cache = jax.device_put(self.cache, self._placement())
+
+    def _placement(self) -> Any:
+        """Where small state and host inputs go: replicated on a mesh, or the one device of a
+        data-parallel replica; None: JAX's default device."""
+        if self.mesh is not None:
+            return sharding.replicated(self.mesh)
+        if self.device is not None:
+            return jax.sharding.SingleDeviceSharding(self.device)
+        return None
 
     def _spec(self, shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
-        """A host input of a step (token ids, slots...): replicated on a mesh."""
-        placed = None if self.mesh is None else sharding.replicated(self.mesh)
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=placed)
+        """A host input of a step (token ids, slots...), placed like the small state."""
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=self._placement())
 
     def _jit(self, fn: Callable[..., Any], donate: tuple[str, ...], outputs: str) -> Any:
         """jax.jit, with the output layouts pinned on a mesh: the KV cache stays split as it
@@ -307,7 +328,7 @@ class Executor:
 
     def fork(self, source: int, targets: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
         drawn, self.cache, self.state = self._fork(
-            self.cache, self.state, jnp.int32(source), targets, logits)
+            self.cache, self.state, np.int32(source), targets, logits)
         return _to_host(drawn)
 
     def decode(self, tokens: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:

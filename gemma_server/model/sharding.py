@@ -61,13 +61,18 @@ def device_memory_bytes() -> int | None:
     return None
 
 
-def make_mesh(devices: int) -> Mesh:
-    """A one-axis mesh over the first `devices` devices (all processes' in multi-host)."""
+def take_devices(count: int, setting: str = "tensor_parallel") -> list[jax.Device]:
+    """The first `count` devices (all processes' in multi-host), or a refusal naming both."""
     available = jax.devices()
-    if devices > len(available):
-        raise ConfigurationError(f"tensor_parallel is {devices} but only {len(available)} "
+    if count > len(available):
+        raise ConfigurationError(f"{setting} is {count} but only {len(available)} "
                                  f"device(s) are visible ({available[0].platform})")
-    return Mesh(np.asarray(available[:devices]), (AXIS,))
+    return list(available[:count])
+
+
+def make_mesh(devices: int) -> Mesh:
+    """A one-axis mesh over the first `devices` devices."""
+    return Mesh(np.asarray(take_devices(devices)), (AXIS,))
 
 
 def check_shardable(cfg: GemmaConfig, n: int) -> None:

@@ -54,3 +54,26 @@ def test_a_plan_that_cannot_fit_is_refused_with_its_numbers(tmp_path):
     run = _serve(tmp_path, "--memory-utilization", "0.000001")
     assert run.returncode == 2, run.stderr
     assert "KV cache" in run.stderr and "GiB" in run.stderr and "usable" in run.stderr
+
+
+def test_serves_two_replicas_on_two_devices(tmp_path, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", TWO_DEVICES)
+    server = Server(tmp_path, tmp_path / "server.log", "--data-parallel", "2")
+    try:
+        server.wait_ready()
+        body = {"model": "gemma-demo", "prompt": "Hi", "max_tokens": 5, "temperature": 0}
+        with httpx.Client(timeout=60) as client:
+            replies = [client.post(f"{server.url}/v1/completions", json=body) for _ in range(3)]
+        assert all(r.status_code == 200 for r in replies)
+        assert len({r.json()["choices"][0]["text"] for r in replies}) == 1  # same model
+        assert "in each of 2 replicas" in server.log()
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert "gemma_server_kv_slots_total 4.0" in metrics  # 2 replicas x 2 slots
+        assert "gemma_server_compilations_after_warm_up_total 0.0" in metrics
+    finally:
+        server.stop()
+
+
+def test_tensor_and_data_parallel_together_are_refused(tmp_path):
+    run = _serve(tmp_path, "--tensor-parallel", "2", "--data-parallel", "2", devices=4)
+    assert run.returncode == 2 and "cannot be combined" in run.stderr
