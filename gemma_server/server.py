@@ -15,6 +15,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -85,8 +86,11 @@ class Startup:
 
 
 def load_into(state: ServerState, settings: ServerSettings, adapters: list[LoraAdapter],
-              startup: Startup | None = None) -> None:
-    """Load weights, start and warm the engine, load the adapters, then mark ready."""
+              startup: Startup | None = None,
+              on_exit: list[Callable[[], None]] | None = None) -> None:
+    """Load weights, start and warm the engine, load the adapters, then mark ready.
+    On process 0 of a multi-host slice, first wait for the other processes (`follow`) and
+    announce every step to them; `on_exit` receives what must run at shutdown."""
     import jax
 
     from gemma_server.engine.engine import Engine
@@ -103,7 +107,8 @@ def load_into(state: ServerState, settings: ServerSettings, adapters: list[LoraA
     # Split over a mesh, the model is loaded into host memory first: one accelerator alone
     # may not hold it (the reason to split it), and each device then receives its slices.
     replicas = settings.data_parallel
-    placement = jax.default_device(jax.devices("cpu")[0]) if mesh is not None or replicas > 1 \
+    host = jax.local_devices(backend="cpu")[0]
+    placement = jax.default_device(host) if mesh is not None or replicas > 1 \
         else contextlib.nullcontext()
     with placement:
         model = load_model(settings.checkpoint, settings.dtype, quantize=settings.quantize)
@@ -141,6 +146,17 @@ def load_into(state: ServerState, settings: ServerSettings, adapters: list[LoraA
              "cache; decode matmuls: %s", startup.compile_seconds, startup.compiled,
              startup.cache_hits,
              describe_kernels() if mesh is None else "XLA, tensor parallel")
+    if settings.num_processes is not None and settings.num_processes > 1:
+        from gemma_server.engine.lockstep import Leader, lockstep_address
+
+        assert settings.coordinator_address is not None and isinstance(engine, Engine)
+        _, port = lockstep_address(settings.coordinator_address)
+        log.info("waiting for %d other process(es) to connect on port %d",
+                 settings.num_processes - 1, port)
+        leader = Leader(port, settings.num_processes - 1)
+        engine.executor.announce = leader.announce
+        if on_exit is not None:
+            on_exit.append(leader.close)
     for adapter in adapters:
         engine.load_adapter(adapter)
         log.info("LoRA adapter %s loaded from %s (rank %d)", adapter.name, adapter.path,
@@ -219,22 +235,16 @@ def serve(settings: ServerSettings) -> int:
     api_keys = settings.api_keys()
     configure_logging(settings.log_level, settings.log_format, secrets=api_keys)
     if settings.coordinator_address is not None:
-        from gemma_server.model import sharding
-
-        assert settings.num_processes is not None and settings.process_id is not None
-        sharding.initialize_processes(settings.coordinator_address, settings.num_processes,
-                                      settings.process_id)
+        join_slice(settings)
         if settings.process_id != 0:
-            raise ConfigurationError(
-                "processes other than 0 of a multi-host slice must run the engine's steps in "
-                "lockstep with process 0, which this release does not do yet: run one "
-                "process per host only as process 0, or a single-host mesh")
+            return follow(settings)
     adapters = preflight(settings)
     state = ServerState(names=served_names(settings), api_keys=api_keys,
                         max_body_bytes=settings.max_body_bytes,
                         allow_runtime_lora=settings.allow_runtime_lora,
                         max_lora_rank=settings.max_lora_rank)
     failed: list[str] = []
+    on_exit: list[Callable[[], None]] = []
 
     def fail(message: str) -> None:
         log.error("%s", message)
@@ -245,7 +255,7 @@ def serve(settings: ServerSettings) -> int:
     def start_loading(state: ServerState) -> None:
         def run() -> None:
             try:
-                load_into(state, settings, adapters, startup)
+                load_into(state, settings, adapters, startup, on_exit)
             except BaseException as exc:
                 fail(f"could not load the model: {exc}")
                 return
@@ -269,4 +279,64 @@ def serve(settings: ServerSettings) -> int:
     server.run()
     if state.service is not None:
         state.service.engine.stop()
+    for close in on_exit:
+        close()
     return 1 if failed else 0
+
+
+def join_slice(settings: ServerSettings) -> None:
+    """Multi-host: join the slice's processes (before anything else touches JAX); the mesh
+    of one model then spans every device of the slice."""
+    import jax
+
+    from gemma_server.model import sharding
+
+    assert settings.num_processes is not None and settings.process_id is not None
+    assert settings.coordinator_address is not None
+    sharding.initialize_processes(settings.coordinator_address, settings.num_processes,
+                                  settings.process_id)
+    devices = len(jax.devices())
+    if settings.tensor_parallel != devices:
+        raise ConfigurationError(
+            f"a multi-host slice serves one model over all its {devices} devices: set "
+            f"tensor_parallel to {devices} (it is {settings.tensor_parallel})")
+    log.info("process %d of %d in the slice; %d devices in all, %d here",
+             settings.process_id, settings.num_processes, devices, len(jax.local_devices()))
+
+
+def follow(settings: ServerSettings) -> int:
+    """Processes 1..N-1 of a slice: no HTTP. The same model on the same mesh, compiled the
+    same way, replaying each step process 0 announces (engine/lockstep.py) until it says
+    stop (0) or goes away (1)."""
+    import jax
+
+    from gemma_server.engine.executor import Executor
+    from gemma_server.engine.lockstep import STOP, Follower, lockstep_address
+    from gemma_server.loading import load_model
+    from gemma_server.model import sharding
+
+    assert settings.coordinator_address is not None
+    adapters = preflight(settings)  # for the adapter capacity: the stacks' shape
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        model = load_model(settings.checkpoint, settings.dtype, quantize=settings.quantize)
+    executor = Executor(model.checkpoint.params, model.checkpoint.config,
+                        settings.engine_config(settings.lora_capacity(len(adapters))),
+                        vocab_limit=model.tokenizer.vocab_size,
+                        mesh=sharding.make_mesh(settings.tensor_parallel))
+    del model
+    executor.warm_up()
+    log.info("warm; following process 0 at %s", settings.coordinator_address)
+    follower = Follower(*lockstep_address(settings.coordinator_address))
+    templates = executor.step_templates()
+    try:
+        while True:
+            op, key, args = follower.receive(templates)
+            if op == STOP:
+                log.info("process 0 stopped: exiting")
+                return 0
+            executor.replay(op, key, args)
+    except ConnectionError as exc:
+        log.error("lost process 0: %s", exc)
+        return 1
+    finally:
+        follower.close()

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from jax import Device
+from jax import Array, Device
 from jax.sharding import Mesh
 
 from gemma_server.config import EngineConfig
@@ -267,7 +267,7 @@ class Engine:
             self._first_tokens(chunk.admitted, drawn, r, logits)
 
     def _first_tokens(self, admitted: Admitted, drawn: dict[str, np.ndarray], row: int,
-                      logits: object) -> None:
+                      logits: Array) -> None:
         self._accept(admitted, admitted.choices[0], drawn, row)
         if admitted.request.n == 1:
             return
@@ -277,7 +277,7 @@ class Engine:
         try:
             # The row is picked on the host: an eager device slice would compile per row.
             forked = self.executor.fork(admitted.slots[0], targets,
-                                        np.asarray(logits)[row])
+                                        self.executor.host_row(logits, row))
         except Exception as exc:
             self._step_failed([admitted], exc)
             return

@@ -127,7 +127,8 @@ class Executor:
         dtype = compute_dtype(params)
         self.cache: KVCache
         self.state: SamplingRows
-        self.reset()
+        self.announce: Callable[[str, Any, tuple[Any, ...]], None] | None = None
+        self._fresh_state()
         self.lora = (empty_stacks(cfg, config.max_loras, config.max_lora_rank, dtype)
                      if config.max_loras else None)
         if self.lora is not None and self._placement() is not None:
@@ -246,7 +247,7 @@ class Executor:
             raise ConfigurationError("LoRA adapters need max_loras >= 1 (--max-loras)")
         rows = adapter_rows(adapter, self.cfg, self.config.max_lora_rank,
                             compute_dtype(self.params))
-        self.lora = self._set_adapter(self.lora, np.int32(row), rows)
+        self._apply("set_adapter", None, (np.int32(row), rows))
 
     def insert(self, slot: int, sampling: SamplingParams, seed: int, adapter: int = 0,
                top_logprobs: bool = False) -> None:
@@ -274,7 +275,7 @@ class Executor:
             "bias_ids": bias_ids, "bias_values": bias_values,
         }
         row = dataclasses.replace(self._row_template(), **host)
-        self.state = self._insert(self.state, np.int32(slot), row)
+        self._apply("insert", None, (np.int32(slot), row))
 
     def state_lost(self) -> bool:
         """True when a failed step had already consumed (donated) the cache or state."""
@@ -282,8 +283,11 @@ class Executor:
         return any(leaf.is_deleted() for leaf in leaves)
 
     def reset(self) -> None:
-        """Fresh cache and state (at start, and after a failed step may have consumed the
-        donated ones), placed on the mesh if there is one."""
+        """Fresh cache and state, after a failed step may have consumed the donated ones."""
+        self._apply("reset", None, ())
+
+    def _fresh_state(self) -> None:
+        """A zeroed cache and neutral sampling rows, placed on the mesh if there is one."""
         dtype = compute_dtype(self.params)
         self.cache = init_cache(self.cfg, self.slots, self.config.max_total_tokens, dtype)
         self.state = steps.init_state(self.slots, self.cfg.vocab_size)
@@ -321,15 +325,12 @@ class Executor:
 
     def prefill(self, slots: np.ndarray, tokens: np.ndarray, positions: np.ndarray,
                 last: np.ndarray, final: np.ndarray) -> tuple[dict[str, np.ndarray], jax.Array]:
-        compiled = self._prefill[tokens.shape]
-        drawn, logits, self.cache, self.state = compiled(
-            self.params, self.cache, self.state, self.lora, slots, tokens, positions, last, final)
+        drawn, logits = self._apply("prefill", tokens.shape,
+                                    (slots, tokens, positions, last, final))
         return _to_host(drawn), logits
 
     def fork(self, source: int, targets: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
-        drawn, self.cache, self.state = self._fork(
-            self.cache, self.state, np.int32(source), targets, logits)
-        return _to_host(drawn)
+        return _to_host(self._apply("fork", None, (np.int32(source), targets, logits)))
 
     def decode(self, tokens: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
         """One step over the fewest leading slots that hold every active one, attending over
@@ -339,17 +340,65 @@ class Executor:
                     if r > active.max())
         needed = int(positions.max()) + 1
         length = next(n for n in self.config.attention_buckets if n >= needed)
-        drawn, self.cache, self.state = self._decode[(rows, length)](
-            self.params, self.cache, self.state, self.lora, tokens[:rows], positions[:rows])
-        return _to_host(drawn)
+        return _to_host(self._apply("decode", (rows, length), (tokens[:rows], positions[:rows])))
+
+    def host_row(self, logits: jax.Array, row: int) -> np.ndarray:
+        """One row of a prefill's logits, on the host (from this process's copy)."""
+        return _local(logits)[row]
+
+    def _apply(self, op: str, key: Any, args: tuple[Any, ...]) -> Any:
+        """Run one compiled step on the device state. Every change of that state goes
+        through here, so that `announce` (set on process 0 of a multi-host slice) can tell
+        the other processes each step, with its host inputs, before it runs: they replay it
+        with `replay` and all launch the same programs in the same order, as SPMD needs."""
+        if self.announce is not None:
+            self.announce(op, key, args)
+        if op == "decode":
+            drawn, self.cache, self.state = self._decode[key](
+                self.params, self.cache, self.state, self.lora, *args)
+            return drawn
+        if op == "prefill":
+            drawn, logits, self.cache, self.state = self._prefill[key](
+                self.params, self.cache, self.state, self.lora, *args)
+            return drawn, logits
+        if op == "insert":
+            self.state = self._insert(self.state, *args)
+        elif op == "fork":
+            drawn, self.cache, self.state = self._fork(self.cache, self.state, *args)
+            return drawn
+        elif op == "set_adapter":
+            self.lora = self._set_adapter(self.lora, *args)
+        elif op == "reset":
+            self._fresh_state()
+        else:
+            raise ValueError(f"unknown step {op!r}")
+        return None
+
+    def replay(self, op: str, key: Any, args: tuple[Any, ...]) -> None:
+        """A step announced by process 0 (see `_apply`), run here the same way."""
+        self._apply(op, key, args)
+
+    def step_templates(self) -> dict[str, Any]:
+        """The pytree structure of the host inputs of steps whose inputs are not flat
+        (what a follower needs to rebuild them from arrays): insert's row, set_adapter's."""
+        templates: dict[str, Any] = {"insert": (np.int32(0), self._row_template())}
+        if self.lora is not None:
+            templates["set_adapter"] = (np.int32(0), adapter_rows(
+                None, self.cfg, self.config.max_lora_rank, compute_dtype(self.params)))
+        return templates
 
     def prefill_shapes(self) -> list[tuple[int, int]]:
         return sorted(self._prefill)
 
 
+def _local(x: jax.Array) -> np.ndarray:
+    """A replicated result on the host, from a copy this process holds (on a multi-host mesh
+    the whole array spans other processes' devices too)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(x.addressable_data(0))
+
+
 def _to_host(drawn: Sampled) -> dict[str, np.ndarray]:
-    host = jax.device_get(drawn)
-    return {
-        "tokens": np.asarray(host.tokens), "logprob": np.asarray(host.logprob),
-        "top_ids": np.asarray(host.top_ids), "top_logprobs": np.asarray(host.top_logprobs),
-    }
+    return {"tokens": _local(drawn.tokens), "logprob": _local(drawn.logprob),
+            "top_ids": _local(drawn.top_ids), "top_logprobs": _local(drawn.top_logprobs)}

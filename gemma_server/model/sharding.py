@@ -44,7 +44,9 @@ _SPLIT_AXIS = {"embed": 0, "lm_head": 0, "q": 0, "k": 0, "v": 0, "gate": 0, "up"
 
 def initialize_processes(coordinator_address: str, num_processes: int, process_id: int) -> None:
     """Join a multi-host slice (before anything else touches JAX): every process then sees
-    every device of the slice, and `make_mesh` spans them all."""
+    every device of the slice, and `make_mesh` spans them all. CPU devices of several
+    processes exchange their collectives through gloo (no effect on GPU/TPU)."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
 
@@ -52,7 +54,7 @@ def initialize_processes(coordinator_address: str, num_processes: int, process_i
 def device_memory_bytes() -> int | None:
     """Memory of one device: the accelerator's own limit, or the host's RAM for CPU devices
     (which share it); None when the platform does not say."""
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"])
