@@ -29,6 +29,11 @@ STOP = "stop"
 _LENGTH = struct.Struct(">Q")
 
 
+class SliceLost(BaseException):  # noqa: N818 (not an Exception: no step handler may swallow it)
+    """A follower is gone: no step can complete any more, so the engine loop must die (and
+    the server exit 1, for the slice to be restarted as a group)."""
+
+
 def lockstep_address(coordinator_address: str) -> tuple[str, int]:
     host, _, port = coordinator_address.rpartition(":")
     return host, int(port) + PORT_OFFSET
@@ -75,7 +80,10 @@ class Leader:
         message = encode(op, key, args)
         frame = _LENGTH.pack(len(message)) + message
         for peer in self._peers:
-            peer.sendall(frame)
+            try:
+                peer.sendall(frame)
+            except OSError as exc:
+                raise SliceLost(f"a follower process is gone ({exc})") from None
 
     def close(self) -> None:
         """Tell the followers to stop (they exit 0), then hang up."""
