@@ -235,9 +235,11 @@ def serve(settings: ServerSettings) -> int:
     api_keys = settings.api_keys()
     configure_logging(settings.log_level, settings.log_format, secrets=api_keys)
     if settings.coordinator_address is not None:
+        from gemma_server.multihost import follow, join_slice
+
         join_slice(settings)
         if settings.process_id != 0:
-            return follow(settings)
+            return follow(settings, preflight(settings))
     adapters = preflight(settings)
     state = ServerState(names=served_names(settings), api_keys=api_keys,
                         max_body_bytes=settings.max_body_bytes,
@@ -282,61 +284,3 @@ def serve(settings: ServerSettings) -> int:
     for close in on_exit:
         close()
     return 1 if failed else 0
-
-
-def join_slice(settings: ServerSettings) -> None:
-    """Multi-host: join the slice's processes (before anything else touches JAX); the mesh
-    of one model then spans every device of the slice."""
-    import jax
-
-    from gemma_server.model import sharding
-
-    assert settings.num_processes is not None and settings.process_id is not None
-    assert settings.coordinator_address is not None
-    sharding.initialize_processes(settings.coordinator_address, settings.num_processes,
-                                  settings.process_id)
-    devices = len(jax.devices())
-    if settings.tensor_parallel != devices:
-        raise ConfigurationError(
-            f"a multi-host slice serves one model over all its {devices} devices: set "
-            f"tensor_parallel to {devices} (it is {settings.tensor_parallel})")
-    log.info("process %d of %d in the slice; %d devices in all, %d here",
-             settings.process_id, settings.num_processes, devices, len(jax.local_devices()))
-
-
-def follow(settings: ServerSettings) -> int:
-    """Processes 1..N-1 of a slice: no HTTP. The same model on the same mesh, compiled the
-    same way, replaying each step process 0 announces (engine/lockstep.py) until it says
-    stop (0) or goes away (1)."""
-    import jax
-
-    from gemma_server.engine.executor import Executor
-    from gemma_server.engine.lockstep import STOP, Follower, lockstep_address
-    from gemma_server.loading import load_model
-    from gemma_server.model import sharding
-
-    assert settings.coordinator_address is not None
-    adapters = preflight(settings)  # for the adapter capacity: the stacks' shape
-    with jax.default_device(jax.local_devices(backend="cpu")[0]):
-        model = load_model(settings.checkpoint, settings.dtype, quantize=settings.quantize)
-    executor = Executor(model.checkpoint.params, model.checkpoint.config,
-                        settings.engine_config(settings.lora_capacity(len(adapters))),
-                        vocab_limit=model.tokenizer.vocab_size,
-                        mesh=sharding.make_mesh(settings.tensor_parallel))
-    del model
-    executor.warm_up()
-    log.info("warm; following process 0 at %s", settings.coordinator_address)
-    follower = Follower(*lockstep_address(settings.coordinator_address))
-    templates = executor.step_templates()
-    try:
-        while True:
-            op, key, args = follower.receive(templates)
-            if op == STOP:
-                log.info("process 0 stopped: exiting")
-                return 0
-            executor.replay(op, key, args)
-    except ConnectionError as exc:
-        log.error("lost process 0: %s", exc)
-        return 1
-    finally:
-        follower.close()
