@@ -102,6 +102,9 @@ TARGET static void dot_widened_block(const float *x, int64_t K, const char *w, f
     UNROLL for (int m = 0; m < 4; m++) UNROLL for (int r = 0; r < R; r++) a[m][r] = _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k += 16) {
         __m512 wv[R];
+        /* the next block's rows (see dot_bf16_block) */
+        UNROLL for (int r = 0; r < R; r++)
+            _mm_prefetch(w + ((R + r) * K + k) * ELEM<KIND>, _MM_HINT_T0);
         UNROLL for (int r = 0; r < R; r++)
             wv[r] = load16<KIND>(w + (r * K + k) * ELEM<KIND>, (__mmask16)0xFFFF);
         UNROLL for (int m = 0; m < 4; m++) {
@@ -197,6 +200,11 @@ TARGET_BF16 static void dot_bf16_block(const uint32_t *xp, int64_t K, const uint
     UNROLL for (int m = 0; m < 4; m++) UNROLL for (int r = 0; r < R; r++) a[m][r] = _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k += 32) {
         __m512bh wv[R];
+        /* The next block's rows, at the same offset: R short interleaved streams (a row is
+         * a few KB) are too short for the hardware prefetcher to ramp up on; prefetched, the
+         * 32000x1024 head at 8 rows of x went from 3.5 to 1.6 ms. */
+        UNROLL for (int r = 0; r < R; r++)
+            _mm_prefetch((const char *)(w + (R + r) * K + k), _MM_HINT_T0);
         UNROLL for (int r = 0; r < R; r++) wv[r] = (__m512bh)_mm512_loadu_si512(w + r * K + k);
         UNROLL for (int m = 0; m < 4; m++) {
             __m512bh xv = (__m512bh)_mm512_loadu_si512(xp + m * (K / 2) + k / 2);
