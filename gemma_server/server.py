@@ -60,10 +60,9 @@ def preflight(settings: ServerSettings) -> list[LoraAdapter]:
             f"max_position_embeddings ({cfg.max_position_embeddings})")
     plan = plan_memory(cfg, settings.dtype, settings.quantize, settings.tensor_parallel,
                        settings.max_batch_size, settings.max_total_tokens)
-    if settings.tensor_parallel > 1:
-        sharding.make_mesh(settings.tensor_parallel)  # refuses more devices than there are
-    if settings.data_parallel > 1:
-        sharding.take_devices(settings.data_parallel, "data_parallel")
+    # refuses more devices than there are, before anything is loaded
+    sharding.take_devices(settings.tensor_parallel, "tensor_parallel")
+    sharding.take_devices(settings.data_parallel, "data_parallel")
     log.info("%s", describe_plan(plan))
     device_bytes = sharding.device_memory_bytes()
     if device_bytes is not None:

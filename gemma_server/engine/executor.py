@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 from gemma_server.config import EngineConfig
 from gemma_server.datatypes import MAX_LOGIT_BIAS, SamplingParams
 from gemma_server.engine import steps
+from gemma_server.engine.compilation import CompileCount, use_compilation_cache
 from gemma_server.engine.sampling import Sampled, SamplingRows
 from gemma_server.errors import ConfigurationError
 from gemma_server.host_memory import release_freed_memory
@@ -54,46 +55,6 @@ def full_forward(
     """Logits of whole sequences without a cache (scoring, parity checks)."""
     logits, _ = forward(params, tokens, positions, None, cfg)
     return logits
-
-
-class CompileCount:
-    """XLA compilations in this process, counted through `jax.monitoring`.
-
-    JAX reports every backend compile request, including those the persistent compilation
-    cache answers (they then also report a cache hit): compilations = requests - hits.
-    """
-
-    requests = 0
-    cache_hits = 0
-
-    @classmethod
-    def compiled(cls) -> int:
-        return cls.requests - cls.cache_hits
-
-
-def _on_duration(event: str, duration_secs: float, **_: str | int) -> None:
-    if event == "/jax/core/compile/backend_compile_duration":
-        CompileCount.requests += 1
-
-
-def _on_event(event: str, **_: str | int) -> None:
-    if event == "/jax/compilation_cache/cache_hits":
-        CompileCount.cache_hits += 1
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_duration)
-jax.monitoring.register_event_listener(_on_event)
-
-
-def use_compilation_cache(directory: str) -> None:
-    """Keep every compiled executable in `directory`, so a restart loads instead of compiling.
-
-    JAX by default writes only executables that took over a second to compile; a server's
-    small steps (sampling, insert, short buckets) would then be compiled again at every start.
-    """
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def _abstract(tree: Any) -> Any:
