@@ -37,7 +37,7 @@ COPY gemma_server ./gemma_server
 # must have been built (setup.py marks them optional, so a failed compile would pass silently).
 RUN pip install --no-cache-dir . \
     && if [ "$(uname -m)" = "x86_64" ]; then \
-        ls /opt/venv/lib/python3.11/site-packages/gemma_server/kernels/_cpu_matmul*.so \
+        ls /opt/venv/lib/python3.11/site-packages/gemma_server/kernels/_cpu_kernels*.so \
             || { echo "the CPU kernels were not built" >&2; exit 1; }; \
     fi
 

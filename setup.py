@@ -1,4 +1,4 @@
-"""Builds the optional CPU kernels (gemma_server/kernels/cpu_matmul.cc) during the install.
+"""Builds the optional CPU kernels (gemma_server/kernels/*.cc) during the install.
 
 Everything else about the package lives in pyproject.toml. The kernels are compiled against
 the XLA FFI headers that jaxlib ships (a build requirement). The extension is
@@ -31,8 +31,9 @@ class BuildKernels(build_ext):
 
 
 KERNELS = Extension(
-    "gemma_server.kernels._cpu_matmul",
-    sources=["gemma_server/kernels/cpu_matmul.cc"],
+    "gemma_server.kernels._cpu_kernels",
+    sources=["gemma_server/kernels/cpu_matmul.cc", "gemma_server/kernels/cpu_attention.cc"],
+    depends=["gemma_server/kernels/parallel.h"],
     language="c++",
     extra_compile_args=["-std=c++17", "-O3"],
     optional=True,

@@ -128,7 +128,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from gemma_server.kernels.cpu_matmul import describe as describe_kernels
+    from gemma_server.kernels.library import describe as describe_kernels
     from gemma_server.loading import load_model
 
     model = load_model(args.checkpoint, args.dtype, progress=False, quantize=args.quantize)

@@ -94,7 +94,7 @@ def load_into(state: ServerState, settings: ServerSettings, adapters: list[LoraA
 
     from gemma_server.engine.engine import Engine
     from gemma_server.engine.pool import EnginePool
-    from gemma_server.kernels.cpu_matmul import describe as describe_kernels
+    from gemma_server.kernels.library import describe as describe_kernels
     from gemma_server.loading import load_model
     from gemma_server.model import sharding
     from gemma_server.service import ModelService

@@ -28,7 +28,7 @@ from gemma_server.engine.compilation import CompileCount, use_compilation_cache
 from gemma_server.engine.sampling import Sampled, SamplingRows
 from gemma_server.errors import ConfigurationError
 from gemma_server.host_memory import release_freed_memory
-from gemma_server.kernels import cpu_matmul
+from gemma_server.kernels import library as kernels
 from gemma_server.lora.adapter import LoraAdapter
 from gemma_server.lora.stack import adapter_rows, empty_stacks
 from gemma_server.model import sharding
@@ -97,7 +97,7 @@ class Executor:
         # XLA:CPU's bfloat16 matmuls are several times slower with fewer than 8 rows than
         # with 8, so without our CPU kernels bfloat16 decode steps carry at least 8 (possibly
         # idle) slots; the kernels are fast at any row count (and unused on a mesh).
-        slow_few_rows = dtype == jnp.bfloat16 and not (cpu_matmul.available() and
+        slow_few_rows = dtype == jnp.bfloat16 and not (kernels.available() and
                                                       self.mesh is None)
         self.min_decode_rows = 8 if slow_few_rows else 1
         self._prefill: dict[tuple[int, int], Any] = {}
@@ -141,7 +141,7 @@ class Executor:
                          "rcr")
         row = jax.tree_util.tree_map(lambda a: spec(a.shape, a.dtype), self._row_template())
         # A sharded model's products are XLA's: it cannot partition our CPU custom calls.
-        tracing = cpu_matmul.kernels_off() if self.mesh is not None else nullcontext()
+        tracing = kernels.kernels_off() if self.mesh is not None else nullcontext()
         with tracing:
             lowered: dict[Any, Any] = {
                 "insert": self._jit(steps.insert, ("state",), "r").lower(s, spec((), i32), row),

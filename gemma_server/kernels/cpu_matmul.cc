@@ -17,19 +17,17 @@
  * per row).
  *
  * Handlers (XLA's typed FFI): gs_matmul(x, W) and gs_matmul_scaled(x, W, scale). Work is
- * split into row blocks of W that the calling thread and XLA's own intra-op threads claim one
- * at a time (no second thread pool competing for the cores); no two threads write the same y
- * element, so results do not depend on the thread count.
+ * split into row blocks of W shared with XLA's own intra-op threads (parallel.h); no two
+ * threads write the same y element, so results do not depend on the thread count.
  */
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
 
 #include <algorithm>
-#include <atomic>
-#include <memory>
 #include <vector>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
@@ -265,46 +263,8 @@ extern "C" int gs_cpu_supported(void) {
 
 namespace ffi = xla::ffi;
 
-/* One product split into row blocks of W that the calling thread and XLA's idle pool threads
- * claim one at a time (an atomic counter): a pool thread that wakes up late still takes its
- * share, and the caller never waits for a block nobody has started (XLA may run several
- * custom calls at once on its small pool). The state is shared with the tasks, which may
- * outlive the call and then find nothing left to claim. */
+/* A product is split into row blocks of W (parallel.h); no two blocks write the same y. */
 enum { CHUNKS_PER_THREAD = 4, MIN_CHUNK_ROWS = 256 };
-
-struct Split {
-    rows_fn rows;
-    const void *x;
-    int64_t M, K, N, chunks;
-    const char *w;
-    const float *scale;
-    float *y;
-    std::vector<uint32_t> pairs;
-    std::atomic<int64_t> next{0}, done{0};
-
-    void work() {
-        for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
-            int64_t units = (N + 15) / 16;
-            int64_t b = units * c / chunks * 16, e = std::min(N, units * (c + 1) / chunks * 16);
-            if (b < e) {
-                rows(x, M, K, w, N, y, b, e);
-                if (scale)
-                    for (int64_t m = 0; m < M; m++)
-                        for (int64_t n = b; n < e; n++) y[m * N + n] *= scale[n];
-            }
-            done.fetch_add(1, std::memory_order_acq_rel);
-        }
-    }
-};
-
-static void run(ffi::ThreadPool &pool, const std::shared_ptr<Split> &split) {
-    int64_t threads = std::max<int64_t>(1, pool.num_threads());
-    split->chunks = std::clamp<int64_t>(split->N / MIN_CHUNK_ROWS, 1, threads * CHUNKS_PER_THREAD);
-    int64_t helpers = std::min(threads, split->chunks) - 1;
-    for (int64_t t = 0; t < helpers; t++) pool.Schedule([split] { split->work(); });
-    split->work();
-    while (split->done.load(std::memory_order_acquire) < split->chunks) _mm_pause();
-}
 
 /* x [M, K] float32; w [N, K] bfloat16 or int8; scale [N] float32 for int8 weights. */
 static ffi::Error product(ffi::ThreadPool &pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w,
@@ -313,33 +273,43 @@ static ffi::Error product(ffi::ThreadPool &pool, ffi::Buffer<ffi::F32> x, ffi::A
     if (xd.size() != 2 || wd.size() != 2) return ffi::Error::InvalidArgument("rank must be 2");
     const int64_t M = xd[0], K = xd[1], N = wd[0];
     if (wd[1] != K) return ffi::Error::InvalidArgument("x and W disagree on K");
-    auto split = std::make_shared<Split>();
+    rows_fn rows;
     bool pairs = false;
     switch (w.element_type()) {
         case ffi::DataType::BF16:
             pairs = has_bf16_dot() && K % 32 == 0;
-            split->rows = pairs ? rows_bf16_pairs : rows_widened<W_BF16>;
+            rows = pairs ? rows_bf16_pairs : rows_widened<W_BF16>;
             break;
         case ffi::DataType::S8:
-            split->rows = rows_widened<W_I8>;
+            rows = rows_widened<W_I8>;
             break;
         case ffi::DataType::F32:
-            split->rows = rows_widened<W_F32>;
+            rows = rows_widened<W_F32>;
             break;
         default: return ffi::Error::InvalidArgument("weights must be f32, bf16 or s8");
     }
     if ((w.element_type() == ffi::DataType::S8) != (scale != nullptr))
         return ffi::Error::InvalidArgument("int8 weights and scales go together");
-    split->x = x.typed_data();
+    const void *xs = x.typed_data();
+    std::vector<uint32_t> packed;
     if (pairs) {
-        split->pairs.resize((size_t)(M * K / 2));
-        pack_pairs(x.typed_data(), M, K, split->pairs.data());
-        split->x = split->pairs.data();
+        packed.resize((size_t)(M * K / 2));
+        pack_pairs(x.typed_data(), M, K, packed.data());
+        xs = packed.data();
     }
-    split->M = M, split->K = K, split->N = N;
-    split->w = static_cast<const char *>(w.untyped_data());
-    split->scale = scale, split->y = y->typed_data();
-    run(pool, split);
+    const char *wd8 = static_cast<const char *>(w.untyped_data());
+    float *yd = y->typed_data();
+    int64_t threads = std::max<int64_t>(1, pool.num_threads());
+    int64_t chunks = std::clamp<int64_t>(N / MIN_CHUNK_ROWS, 1, threads * CHUNKS_PER_THREAD);
+    int64_t units16 = (N + 15) / 16;  /* blocks start on multiples of 16 rows */
+    gs::parallel_for(pool, chunks, [&](int64_t c) {
+        int64_t b = units16 * c / chunks * 16, e = std::min(N, units16 * (c + 1) / chunks * 16);
+        if (b >= e) return;
+        rows(xs, M, K, wd8, N, yd, b, e);
+        if (scale)
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t n = b; n < e; n++) yd[m * N + n] *= scale[n];
+    });
     return ffi::Error::Success();
 }
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from gemma_server.kernels import cpu_attention
 from gemma_server.model import cache as kv
 from gemma_server.model.cache import KVCache
 from gemma_server.model.config import GemmaConfig
@@ -158,6 +159,12 @@ def _attention_block(
         # Entries at or past attend_len are empty (positions are below it), unless this is a
         # ring buffer no longer than attend_len, which is read whole.
         n = size if attend_len is None else min(size, attend_len)
+        if cpu_attention.wanted(cfg.queries_per_kv, written[0].dtype):
+            # Straight out of the cache, in place (kernels/cpu_attention.py).
+            out = cpu_attention.decode_attention(
+                qg[:, :, :, 0], written[0], written[1], positions[:, 0], n, cfg.attn_scale,
+                cfg.attn_logit_softcap, window)[:, :, :, None]
+            return _output(proj, out, x), written
         held = kv.entry_positions(kv.row_starts(positions) + 1, size)[:, :n]
         # The cache may hold more rows than this call has: rows [0, b) are this call's.
         parts = [(kv.read(written[0][:b, :, :n]), kv.read(written[1][:b, :, :n]), held)]
@@ -167,9 +174,13 @@ def _attention_block(
         held = kv.entry_positions(kv.row_starts(positions), layer_cache[0].shape[2])
         parts = [(kv.read(layer_cache[0]), kv.read(layer_cache[1]), held), (k, v, positions)]
         written = (kv.write(layer_cache[0], k, positions), kv.write(layer_cache[1], v, positions))
-    out = _attend(qg, parts, positions, window, cfg)
-    out = out.astype(x.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.num_heads * hd)
-    return proj("o", out)[0], written
+    return _output(proj, _attend(qg, parts, positions, window, cfg), x), written
+
+
+def _output(proj: Projector, out: jax.Array, x: jax.Array) -> jax.Array:
+    """The attention output [B, K, G, T, Hd] (float32) through the `o` projection."""
+    b, k, g, t, hd = out.shape
+    return proj("o", out.astype(x.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, k * g * hd))[0]
 
 
 QUERY_BLOCK = 256  # prefill queries attended per block (bounds the score matrix's memory)

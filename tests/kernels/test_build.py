@@ -7,12 +7,12 @@ import platform
 
 import pytest
 
-from gemma_server.kernels import cpu_matmul
+from gemma_server.kernels import library
 
 
 def test_the_kernels_are_built_on_x86_64():
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the CPU kernels are built on x86-64 only")
-    assert cpu_matmul._library_path() is not None, (
-        "pip install did not build gemma_server/kernels/_cpu_matmul: see its compiler output "
+    assert library.library_path() is not None, (
+        "pip install did not build gemma_server/kernels/_cpu_kernels: see its compiler output "
         "with pip install -v")

@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gemma_server.kernels import cpu_matmul
+from gemma_server.kernels import cpu_matmul, library
 from gemma_server.model.quantize import quantize_int8
 
-pytestmark = pytest.mark.skipif(not cpu_matmul.available(),
-                                reason=f"decode matmuls here: {cpu_matmul.describe()}")
+pytestmark = pytest.mark.skipif(not library.available(),
+                                reason=f"decode here: {library.describe()}")
 
 SHAPES = [(64, 96), (1024, 3072), (96, 64), (40, 24), (33, 70), (64, 256)]  # (K, N)
 
@@ -87,5 +87,8 @@ def test_decode_step_calls_the_kernels_and_prefill_does_not(tiny_model, dtype, q
     # qkv, o, gate_up, down in every layer, and the tied head
     assert decode.count("@gs_matmul") >= 4 * model.config.num_layers + 1
     assert "gs_matmul" not in prefill  # 64 rows: XLA's own matmuls
+    # attention straight out of the cache at decode, one call a layer; XLA's at prefill
+    assert decode.count("@gs_decode_attention") == model.config.num_layers
+    assert "gs_decode_attention" not in prefill
     # one row of float32 weights: XLA's product streams them at memory speed already
     assert ("gs_matmul" in hlo(1, 1)) == (dtype != "float32")

@@ -1,6 +1,6 @@
 """With the CPU kernels off (as on GPU/TPU, or GEMMA_SERVER_CPU_KERNELS=0) decode takes XLA's
-own products: the same greedy tokens as through the kernels, for bfloat16 and int8 weights.
-Run in a subprocess: whether the kernels are used is settled once per process."""
+own products and attention: the same greedy tokens as through the kernels, for bfloat16 and
+int8 weights. Run in a subprocess: whether the kernels are used is settled once per process."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from tests.conftest import golden
 SCRIPT = """
 import json, sys
 from gemma_server.engine.greedy import greedy_tokens
-from gemma_server.kernels import cpu_matmul
+from gemma_server.kernels import library
 from gemma_server.model.checkpoint import load_checkpoint
-assert not cpu_matmul.available()
+assert not library.available()
 path, dtype, quantize, prompt = sys.argv[1:5]
 model = load_checkpoint(path, dtype=dtype, progress=False, quantize=quantize or None)
 prompt = json.loads(prompt)

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 
 # GEMMA_SERVER_* variables read outside ServerSettings: the demo model's cache (demo.py) and
-# the CPU kernels' switch (kernels/cpu_matmul.py).
+# the CPU kernels' switch (kernels/library.py).
 OTHER_ENV = {"GEMMA_SERVER_CACHE", "GEMMA_SERVER_CPU_KERNELS"}
 
 Instruction = tuple[str, str]  # (keyword upper-cased, arguments with continuations joined)
@@ -227,11 +227,11 @@ def test_dockerignore_keeps_the_sources_and_drops_local_builds():
     copied = [word for args in _args(_stages()[0], "COPY") if "--from" not in args
               for word in args.split()[:-1]]
     package = [str(p.relative_to(ROOT)) for p in (ROOT / "gemma_server").rglob("*")
-               if p.is_file() and p.suffix in (".py", ".cc", ".model", ".txt")]
+               if p.is_file() and p.suffix in (".py", ".cc", ".h", ".model", ".txt")]
     for path in copied + package:
         assert not _ignored(path, patterns), f"{path} is needed by the build but ignored"
     for junk in (".git/HEAD", ".venv/bin/python", "venv-dev/bin/python", "build/lib/x.py",
                  "gemma_server/__pycache__/cli.cpython-311.pyc", "gemma_server.egg-info/PKG-INFO",
-                 "gemma_server/kernels/_cpu_matmul.cpython-311-x86_64-linux-gnu.so",
+                 "gemma_server/kernels/_cpu_kernels.cpython-311-x86_64-linux-gnu.so",
                  "tests/api/node_modules/openai/index.js", ".pytest_cache/v/x"):
         assert _ignored(junk, patterns), f"{junk} should stay out of the build context"
