@@ -107,6 +107,18 @@ def row_keys(key_data: jax.Array, step: jax.Array) -> jax.Array:
     return jax.vmap(one)(key_data, step)
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+    """`jnp.argmax(x, axis=-1)` (the first index of the maximum) as two plain reductions.
+
+    XLA:CPU lowers argmax to a variadic (value, index) reduce that it does not vectorise:
+    0.15 ms per row over a 32000-token vocabulary, ~1% of a small model's decode step per
+    row; a max and a min over the indices where it is reached vectorise.
+    """
+    top = jnp.max(x, axis=-1, keepdims=True)
+    ids = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.min(jnp.where(x == top, ids, x.shape[-1]), axis=-1)
+
+
 def sample(logits: jax.Array, rows: SamplingRows, vocab_limit: int) -> Sampled:
     """Choose one token per row from float32 logits [R, V].
 
@@ -116,7 +128,7 @@ def sample(logits: jax.Array, rows: SamplingRows, vocab_limit: int) -> Sampled:
     """
     processed = process_logits(logits, rows, vocab_limit)
     logprobs = jax.nn.log_softmax(processed, axis=-1)
-    greedy = jnp.argmax(processed, axis=-1)
+    greedy = first_argmax(processed)
 
     def draw(processed: jax.Array) -> jax.Array:
         temperature = jnp.maximum(rows.temperature, 1e-6)[:, None]
@@ -124,7 +136,7 @@ def sample(logits: jax.Array, rows: SamplingRows, vocab_limit: int) -> Sampled:
         scaled = filter_top_p(filter_top_k(scaled, rows.top_k), rows.top_p)
         keys = row_keys(rows.key_data, rows.step)
         gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (logits.shape[-1],)))(keys)
-        return jnp.argmax(jnp.where(scaled > MASKED, scaled + gumbel, -jnp.inf), axis=-1)
+        return first_argmax(jnp.where(scaled > MASKED, scaled + gumbel, -jnp.inf))
 
     drawn = jax.lax.cond(jnp.any(rows.temperature > 0), draw, lambda _: greedy, processed)
     tokens = jnp.where(rows.temperature <= 0, greedy, drawn).astype(jnp.int32)

@@ -14,6 +14,7 @@ from gemma_server.engine.sampling import (
     SamplingRows,
     filter_top_k,
     filter_top_p,
+    first_argmax,
     process_logits,
     sample,
 )
@@ -136,3 +137,15 @@ def test_draws_depend_only_on_seed_and_step():
     shuffled = rows(3, key_data=keys[[2, 0, 1]])
     b = np.asarray(sample(x[jnp.asarray([2, 0, 1])], shuffled, V).tokens)
     assert a[0] == a[1] == b[1] == b[2] and a[2] == b[0]
+
+
+def test_first_argmax_is_numpy_argmax_with_ties_and_masks():
+    rng = np.random.default_rng(3)
+    x = rng.integers(-3, 4, (64, 257)).astype(np.float32)  # many ties at the maximum
+    x[5] = -np.inf
+    x[5, 200] = 0.0
+    x[7, :] = -1e30  # every entry masked: the first one, as argmax
+    x[9, -1] = 99.0
+    got = np.asarray(first_argmax(jnp.asarray(x)))
+    np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
+    assert got.dtype == np.int32
