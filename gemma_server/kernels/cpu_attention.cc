@@ -10,7 +10,7 @@
  * query can see.
  *
  * gs_decode_attention(q, keys, values, positions) -> out, with
- *   q         float32 [B, K, G, Hd]  (G queries per kv head, already scaled by nothing)
+ *   q         float32 [B, K, G, Hd]: G queries per kv head, RoPE applied, not yet scaled
  *   keys      [Bc, K, S, Hd]  float32, or bfloat16 stored as uint16 bits (model/cache.py);
  *   values    the same; rows [0, B) and entries [0, length) are read (Bc >= B)
  *   positions int32 [B]: each query's position (-1: padding row)
