@@ -134,7 +134,7 @@ def _info(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, args.dtype, progress=False, quantize=args.quantize)
     cfg = model.checkpoint.config
     print(f"name: {model.name}\npath: {model.checkpoint.path}\ndtype: {model.checkpoint.dtype}")
-    print(f"quantize: {model.checkpoint.quantize or 'none'}\ndecode matmuls: {describe_kernels()}")
+    print(f"quantize: {model.checkpoint.quantize or 'none'}\ndecode kernels: {describe_kernels()}")
     print(f"parameters: {cfg.num_params():,}\nstop ids: {sorted(model.stop_ids)}")
     for field, value in vars(cfg).items():
         print(f"{field}: {value}")

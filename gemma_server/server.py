@@ -142,7 +142,7 @@ def load_into(state: ServerState, settings: ServerSettings, adapters: list[LoraA
     startup.compiled = sum(ex.compiled_at_warm_up for ex in executors)
     startup.cache_hits = sum(ex.cache_hits_at_warm_up for ex in executors)
     log.info("warm-up took %.1f s: %d executables compiled, %d loaded from the compilation "
-             "cache; decode matmuls: %s", startup.compile_seconds, startup.compiled,
+             "cache; decode kernels: %s", startup.compile_seconds, startup.compiled,
              startup.cache_hits,
              describe_kernels() if mesh is None else "XLA, tensor parallel")
     if settings.num_processes is not None and settings.num_processes > 1:
