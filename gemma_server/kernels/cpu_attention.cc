@@ -33,11 +33,8 @@
 #include <vector>
 
 #include "parallel.h"
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
-
-#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-#define INLINE static inline __attribute__((always_inline))
-#define UNROLL _Pragma("GCC unroll 16")
 
 namespace ffi = xla::ffi;
 
@@ -45,17 +42,11 @@ namespace {
 
 constexpr float MASKED = -1e30f;  /* as forward.py's _MASKED */
 
-INLINE __mmask16 lanes(int64_t left) {
-    if (left <= 0) return 0;
-    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-}
-
 /* 16 cache elements (masked) as float32 lanes. */
 template <bool BF16>
 TARGET INLINE __m512 load16(const void *p, int64_t i, __mmask16 m) {
     if constexpr (BF16) {
-        __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t *>(p) + i);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        return widen_bf16(static_cast<const uint16_t *>(p) + i, m);
     } else {
         return _mm512_maskz_loadu_ps(m, static_cast<const float *>(p) + i);
     }

@@ -28,11 +28,8 @@
 #include <vector>
 
 #include "parallel.h"
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
-
-#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-#define INLINE static inline __attribute__((always_inline))
-#define UNROLL _Pragma("GCC unroll 16")
 
 enum { W_BF16 = 1, W_I8 = 2, W_F32 = 3 };
 enum { MBLOCK = 8 }; /* rows of x whose accumulators are kept in registers at once */
@@ -44,8 +41,7 @@ TARGET INLINE __m512 load16(const char *w, __mmask16 m) {
     if constexpr (KIND == W_F32) {
         return _mm512_maskz_loadu_ps(m, w);
     } else if constexpr (KIND == W_BF16) {
-        __m256i h = _mm256_maskz_loadu_epi16(m, w);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        return widen_bf16(w, m);
     } else {
         __m128i b = _mm_maskz_loadu_epi8(m, w);
         return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
@@ -53,11 +49,6 @@ TARGET INLINE __m512 load16(const char *w, __mmask16 m) {
 }
 
 template <int KIND> constexpr int64_t ELEM = KIND == W_F32 ? 4 : KIND == W_BF16 ? 2 : 1;
-
-INLINE __mmask16 lanes(int64_t left) {
-    if (left <= 0) return 0;
-    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-}
 
 /* ---- y[m, n] = dot(x[m, :], W[n, :]), weights widened to float32 ------------------------- */
 
