@@ -44,7 +44,7 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
     a("--max-waiting", type=int, help="requests that may wait for a slot (default 128)")
     a("--max-input-length", type=int, help="prompt tokens per request (default 1512)")
     a("--max-total-tokens", type=int, help="prompt + generated tokens (default 2048)")
-    a("--max-batch-prefill-tokens", type=int, help="tokens per prefill step (default 2048)")
+    a("--max-batch-prefill-tokens", type=int, help="tokens per prefill step (default 1024)")
     a("--max-body-bytes", type=int, help="request body limit (default 4 MiB)")
     a("--compilation-cache-dir",
       help="JAX persistent compilation cache: a restart loads compiled steps instead of "

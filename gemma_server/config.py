@@ -18,7 +18,10 @@ class EngineConfig:
     max_batch_size: int = 8
     max_total_tokens: int = 2048
     max_input_length: int = 1512
-    max_batch_prefill_tokens: int = 2048
+    # 1024: a 1500-token prompt prefills as fast in chunks of 1024 + 512 as in one of 1536
+    # (bench-150m 809 vs 760 tok/s, Gemma-2B shape 103 vs 102), with a third less activation
+    # memory, fewer compiled shapes, and running streams waiting one shorter chunk.
+    max_batch_prefill_tokens: int = 1024
     max_waiting: int = 128
     prefill_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 1536, 2048)
     prefill_batch_sizes: tuple[int, ...] = (1, 4)

@@ -41,7 +41,7 @@ class ServerSettings(BaseSettings):
     max_waiting: int = Field(128, ge=0)
     max_input_length: int = Field(1512, ge=1)
     max_total_tokens: int = Field(2048, ge=2)
-    max_batch_prefill_tokens: int = Field(2048, ge=32)
+    max_batch_prefill_tokens: int = Field(1024, ge=32)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     compilation_cache_dir: str | None = None  # default: <cache root>/xla; "off": none
     lora: StrList = Field(default_factory=list)  # NAME=DIR

@@ -171,7 +171,7 @@ def main() -> None:
     ckpt = load_checkpoint(checkpoint_dir(args), dtype=args.dtype, progress=False,
                            quantize=args.quantize)
     config = EngineConfig(max_batch_size=args.max_batch_size, max_total_tokens=2048,
-                          max_input_length=1600, max_batch_prefill_tokens=2048,
+                          max_input_length=1600,
                           max_loras=args.lora, max_lora_rank=16)
     engine = Engine(ckpt.params, ckpt.config, config)
     engine.start()

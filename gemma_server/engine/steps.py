@@ -100,17 +100,12 @@ def prefill(
 
     Returns the draw, the last-position logits [P, V] (for `fork`), the cache and the state.
     """
-    rows_cache = KVCache(keys=tuple(k[slots] for k in cache.keys),
-                         values=tuple(v[slots] for v in cache.values))
-    logits, written = forward(params, tokens, positions, rows_cache, cfg, logit_indices=last,
-                              lora=_lora(lora, state.adapter[slots]))
+    # The chunk goes straight into its slots' rows of the whole cache (in place; gathering
+    # the rows and scattering them back made XLA copy the whole cache twice per prefill).
+    logits, written = forward(params, tokens, positions, cache, cfg, logit_indices=last,
+                              lora=_lora(lora, state.adapter[slots]), cache_rows=slots)
     assert written is not None
-    cache = KVCache(
-        keys=tuple(k.at[slots].set(r, mode="drop") for k, r in zip(cache.keys, written.keys,
-                                                                     strict=True)),
-        values=tuple(v.at[slots].set(r, mode="drop")
-                     for v, r in zip(cache.values, written.values, strict=True)),
-    )
+    cache = written
     vocab = state.prompt_seen.shape[1]
     seen_ids = jnp.where(positions >= 0, tokens, vocab)  # padding: out of range, dropped
     prompt_seen = state.prompt_seen.at[slots[:, None], seen_ids].set(True, mode="drop")

@@ -77,17 +77,19 @@ def entry_positions(starts: jax.Array, size: int) -> jax.Array:
     return last - jnp.remainder(last - jnp.arange(size)[None, :], size)
 
 
-def write(cache_layer: jax.Array, new: jax.Array, positions: jax.Array) -> jax.Array:
-    """Write new keys or values [B, K, T, Hd] at their positions into [B, K, S, Hd].
+def write(cache_layer: jax.Array, new: jax.Array, positions: jax.Array,
+          rows: jax.Array | None = None) -> jax.Array:
+    """Write new keys or values [B, K, T, Hd] at their positions into cache rows `rows` [B]
+    (default: rows 0..B-1) of [R, K, S, Hd].
 
-    Padding (position < 0) is dropped; so are chunk tokens a ring buffer is too small to keep,
-    which also keeps every write index unique.
+    Padding (position < 0, or a row index >= R) is dropped; so are chunk tokens a ring buffer
+    is too small to keep, which also keeps every write index unique.
     """
     size = cache_layer.shape[2]
     row_max = jnp.max(positions, axis=1, keepdims=True)
     keep = (positions >= 0) & (positions > row_max - size)
     index = jnp.where(keep, jnp.remainder(positions, size), size)  # `size` is out of bounds
-    rows = jnp.arange(positions.shape[0])[:, None, None]
+    rows = (jnp.arange(positions.shape[0]) if rows is None else rows)[:, None, None]
     heads = jnp.arange(cache_layer.shape[1])[None, :, None]
     if cache_layer.dtype == jnp.uint16:  # bfloat16 stored as bits, see storage_dtype
         new = jax.lax.bitcast_convert_type(new.astype(jnp.bfloat16), jnp.uint16)

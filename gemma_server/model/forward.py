@@ -47,6 +47,7 @@ def forward(
     logit_indices: jax.Array | None = None,  # [B] int: only this token of each row
     lora: LoraBatch | None = None,  # per-row LoRA adapters (stacks + row ids)
     attend_len: int | None = None,  # static: every position of this call is below it
+    cache_rows: jax.Array | None = None,  # [B] the cache row of each token row (see below)
 ) -> tuple[jax.Array, KVCache | None]:
     """Logits in float32 and the cache with this chunk written.
 
@@ -56,6 +57,10 @@ def forward(
     Logits are [B, T, V] for every token, or [B, V] for one token per row when
     `logit_indices` is given: a prefill needs only its last position, and the output head
     over a large vocabulary would otherwise dominate its cost.
+
+    Token row b uses cache row `cache_rows[b]` (default: row b); a row index past the cache
+    (engine padding) writes nothing. The engine passes its whole slot cache and the slots of
+    a prefill's prompts, so the chunk is written in place, never through a copy of the cache.
     """
     dtype = compute_dtype(params)
     positions = positions.astype(jnp.int32)
@@ -67,7 +72,7 @@ def forward(
         layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
         proj = _projector(lp, cfg, None if lora is None else (lora.stacks[i], lora.ids))
         attn, written = _attention_block(proj, lp, rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps),
-                                         positions, layer_cache, cfg, i, attend_len)
+                                         positions, layer_cache, cfg, i, attend_len, cache_rows)
         if written is not None:
             new_keys.append(written[0])
             new_values.append(written[1])
@@ -130,6 +135,7 @@ def _attention_block(
     cfg: GemmaConfig,
     layer: int,
     attend_len: int | None,
+    cache_rows: jax.Array | None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     b, t, _ = x.shape
     hd, k_heads = cfg.head_dim, cfg.num_kv_heads
@@ -150,16 +156,36 @@ def _attention_block(
     written = None
     if layer_cache is None:
         parts = [(k, v, positions)]
+        return _output(proj, _attend(qg, parts, positions, window, cfg), x), written
+    size = layer_cache[0].shape[2]
+
+    def write() -> tuple[jax.Array, jax.Array]:
+        return (kv.write(layer_cache[0], k, positions, cache_rows),
+                kv.write(layer_cache[1], v, positions, cache_rows))
+
+    def rows(entries: jax.Array) -> jax.Array:  # this call's rows of the cache
+        return kv.read(entries[:b] if cache_rows is None else entries[cache_rows])
+
+    if t > 1 and (window is None or size < window or size >= window + t - 1):
+        # Prefill chunk, written first, then attended from the cache alone (XLA:CPU updates
+        # the cache in place only when nothing reads the old entries before the write: read
+        # first, it copied every cache array twice per prefill). The cache holds every entry
+        # the chunk's queries need: a global layer keeps all positions, and a sliding layer's
+        # ring either never wraps (shorter than the window) or is long enough for the window
+        # behind the chunk's first query plus the chunk.
+        written = write()
+        last = jnp.max(positions, axis=1)  # -1 for a padding row: it then sees nothing
+        held = kv.entry_positions(last + 1, size)
+        parts = [(rows(written[0]), rows(written[1]), held)]
     elif t == 1:
         # Decode: write first, then read only the cache. Reading the old cache and writing
         # after would force XLA to copy the whole cache every step instead of updating it in
         # place. Safe for ring buffers: the entry overwritten is one the query cannot see.
-        written = (kv.write(layer_cache[0], k, positions), kv.write(layer_cache[1], v, positions))
-        size = written[0].shape[2]
+        written = write()
         # Entries at or past attend_len are empty (positions are below it), unless this is a
         # ring buffer no longer than attend_len, which is read whole.
         n = size if attend_len is None else min(size, attend_len)
-        if cpu_attention.wanted(cfg.queries_per_kv, written[0].dtype):
+        if cache_rows is None and cpu_attention.wanted(cfg.queries_per_kv, written[0].dtype):
             # Straight out of the cache, in place (kernels/cpu_attention.py).
             out = cpu_attention.decode_attention(
                 qg[:, :, :, 0], written[0], written[1], positions[:, 0], n, cfg.attn_scale,
@@ -167,13 +193,14 @@ def _attention_block(
             return _output(proj, out, x), written
         held = kv.entry_positions(kv.row_starts(positions) + 1, size)[:, :n]
         # The cache may hold more rows than this call has: rows [0, b) are this call's.
-        parts = [(kv.read(written[0][:b, :, :n]), kv.read(written[1][:b, :, :n]), held)]
+        parts = [(rows(written[0])[:, :, :n], rows(written[1])[:, :, :n], held)]
     else:
-        # Prefill chunk: earlier cache entries plus the chunk itself, then write the chunk (a
-        # ring buffer shorter than the chunk would otherwise lose keys the chunk still needs).
-        held = kv.entry_positions(kv.row_starts(positions), layer_cache[0].shape[2])
-        parts = [(kv.read(layer_cache[0]), kv.read(layer_cache[1]), held), (k, v, positions)]
-        written = (kv.write(layer_cache[0], k, positions), kv.write(layer_cache[1], v, positions))
+        # Prefill chunk on a ring buffer the chunk would wrap over: earlier cache entries plus
+        # the chunk itself, then write the chunk (written first, it would overwrite keys its
+        # own first queries still need). XLA copies this layer's cache for it.
+        held = kv.entry_positions(kv.row_starts(positions), size)
+        parts = [(rows(layer_cache[0]), rows(layer_cache[1]), held), (k, v, positions)]
+        written = write()
     return _output(proj, _attend(qg, parts, positions, window, cfg), x), written
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import jax
@@ -142,3 +143,85 @@ def test_attention_in_query_blocks_equals_attention_at_once(name, tiny_model, mo
     np.testing.assert_allclose(_full_logits(model, ids), reference, atol=TOLERANCE, rtol=0)
     cached = _run_chunks(model, ids, [8, 16, 16])
     np.testing.assert_allclose(cached, reference, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])
+def test_a_sliding_ring_with_room_for_window_and_chunk_is_written_before_it_is_read(
+        name, tiny_model):
+    """Rings of window + chunk - 1 entries take the write-first prefill path (the one that
+    updates the cache in place): chunks of 11 over a window of 8 in a ring of 18."""
+    model, ids = tiny_model(name), _prompt(name)
+    cfg = model.config
+    assert cfg.sliding_window == 8
+    cache = init_cache(cfg, 1, 64, jnp.float32)
+    sliding = [i for i, kind in enumerate(cfg.layer_types) if kind == "sliding"]
+    assert sliding
+
+    def ring(layer: int, a: jax.Array) -> jax.Array:
+        return jnp.zeros((*a.shape[:2], 8 + 11 - 1, a.shape[3]), a.dtype) \
+            if layer in sliding else a
+
+    cache = dataclasses.replace(
+        cache, keys=tuple(ring(i, a) for i, a in enumerate(cache.keys)),
+        values=tuple(ring(i, a) for i, a in enumerate(cache.values)))
+    out, start = [], 0
+    for size in [11, 11, 11, 7]:
+        tokens = jnp.asarray(ids[start:start + size])[None]
+        logits, cache = forward_step(model.params, tokens,
+                                     jnp.arange(start, start + size)[None], cache, cfg)
+        out.append(np.asarray(logits)[0])
+        start += size
+    np.testing.assert_allclose(np.concatenate(out), _full_logits(model, ids), atol=TOLERANCE,
+                               rtol=0)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_cache_rows_pick_each_token_rows_cache_row_and_padding_rows_write_nothing(
+        name, tiny_model):
+    """The engine prefills prompts into their slots of the whole cache (`cache_rows`); a
+    row index past the cache is padding."""
+    model, ids = tiny_model(name), _prompt(name)[:20]
+    cfg = model.config
+    cache = init_cache(cfg, 3, 64, jnp.float32)
+    tokens = jnp.asarray([ids, ids])
+    positions = jnp.asarray([list(range(20)), [-1] * 20])
+    step = jax.jit(forward, static_argnames="cfg")
+    logits, written = step(model.params, tokens, positions, cache, cfg,
+                           logit_indices=jnp.asarray([19, 0]), cache_rows=jnp.asarray([2, 3]))
+    np.testing.assert_allclose(np.asarray(logits)[0], _full_logits(model, ids)[-1],
+                               atol=TOLERANCE, rtol=0)
+    for before, after in zip(cache.keys + cache.values, written.keys + written.values,
+                             strict=True):
+        np.testing.assert_array_equal(np.asarray(after)[:2], np.asarray(before)[:2])
+        assert np.abs(np.asarray(after)[2]).sum() > 0
+    # Slot 2 then decodes on from its prompt like a sequence that had row 0 to itself.
+    nxt, pos = jnp.asarray([[0], [0], [7]]), jnp.asarray([[-1], [-1], [20]])
+    step_logits, _ = forward_step(model.params, nxt, pos, written, cfg)
+    np.testing.assert_allclose(np.asarray(step_logits)[2, 0],
+                               _full_logits(model, ids + [7])[-1], atol=TOLERANCE, rtol=0)
+
+
+def test_a_prefill_step_updates_the_slot_cache_in_place(tiny_model):
+    """XLA's temporaries for a prefill are far smaller than the cache: no copy of it is made
+    (reading a slot's rows and writing them back had cost two whole copies per prefill)."""
+    from functools import partial
+
+    from gemma_server.engine import steps
+    from gemma_server.model.cache import cache_bytes
+
+    model = tiny_model("tiny-gemma")
+    cfg = model.config
+    cache = init_cache(cfg, 8, 1024, jnp.float32)
+    state = steps.init_state(8, cfg.vocab_size)
+    i32 = jnp.int32
+
+    def spec(shape, dtype=i32):
+        return jax.ShapeDtypeStruct(shape, dtype)
+
+    prefill = jax.jit(partial(steps.prefill, cfg=cfg, vocab_limit=cfg.vocab_size),
+                      donate_argnames=("cache", "state"))
+    compiled = prefill.lower(model.params, cache, state, None, spec((1,)), spec((1, 16)),
+                             spec((1, 16)), spec((1,)), spec((1,), jnp.bool_)).compile()
+    temporaries = compiled.memory_analysis().temp_size_in_bytes
+    # What remains is mostly the prompt's own slot, read for its attention (1/8 of the cache).
+    assert temporaries < cache_bytes(cfg, 8, 1024, jnp.float32) / 4
