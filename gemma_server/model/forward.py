@@ -153,10 +153,8 @@ def _attention_block(
     # laid out [B, K, T, Hd] like the cache.
     qg = q.reshape(b, t, k_heads, cfg.queries_per_kv, hd).transpose(0, 2, 3, 1, 4)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    written = None
     if layer_cache is None:
-        parts = [(k, v, positions)]
-        return _output(proj, _attend(qg, parts, positions, window, cfg), x), written
+        return _output(proj, _attend(qg, [(k, v, positions)], positions, window, cfg), x), None
     size = layer_cache[0].shape[2]
 
     def write() -> tuple[jax.Array, jax.Array]:
@@ -166,38 +164,32 @@ def _attention_block(
     def rows(entries: jax.Array) -> jax.Array:  # this call's rows of the cache
         return kv.read(entries[:b] if cache_rows is None else entries[cache_rows])
 
-    if t > 1 and (window is None or size < window or size >= window + t - 1):
-        # Prefill chunk, written first, then attended from the cache alone (XLA:CPU updates
-        # the cache in place only when nothing reads the old entries before the write: read
-        # first, it copied every cache array twice per prefill). The cache holds every entry
-        # the chunk's queries need: a global layer keeps all positions, and a sliding layer's
-        # ring either never wraps (shorter than the window) or is long enough for the window
-        # behind the chunk's first query plus the chunk.
-        written = write()
-        last = jnp.max(positions, axis=1)  # -1 for a padding row: it then sees nothing
-        held = kv.entry_positions(last + 1, size)
-        parts = [(rows(written[0]), rows(written[1]), held)]
-    elif t == 1:
-        # Decode: write first, then read only the cache. Reading the old cache and writing
-        # after would force XLA to copy the whole cache every step instead of updating it in
-        # place. Safe for ring buffers: the entry overwritten is one the query cannot see.
+    if window is None or size < window or size >= window + t - 1:
+        # Write first, then attend from the cache alone: XLA:CPU updates the cache in place
+        # only when nothing reads the old entries before the write (read first, it copied
+        # every cache array, twice per prefill). The cache then still holds every entry the
+        # queries need: a global layer keeps all positions, and a sliding layer's ring either
+        # never wraps (shorter than the window) or has room for the window behind the first
+        # query plus the chunk -- always so for one token (decode), whose write replaces an
+        # entry it cannot see.
         written = write()
         # Entries at or past attend_len are empty (positions are below it), unless this is a
         # ring buffer no longer than attend_len, which is read whole.
         n = size if attend_len is None else min(size, attend_len)
-        if cache_rows is None and cpu_attention.wanted(cfg.queries_per_kv, written[0].dtype):
-            # Straight out of the cache, in place (kernels/cpu_attention.py).
+        if t == 1 and cache_rows is None and cpu_attention.wanted(cfg.queries_per_kv,
+                                                                  written[0].dtype):
+            # Decode straight out of the cache, in place (kernels/cpu_attention.py).
             out = cpu_attention.decode_attention(
                 qg[:, :, :, 0], written[0], written[1], positions[:, 0], n, cfg.attn_scale,
                 cfg.attn_logit_softcap, window)[:, :, :, None]
             return _output(proj, out, x), written
-        held = kv.entry_positions(kv.row_starts(positions) + 1, size)[:, :n]
-        # The cache may hold more rows than this call has: rows [0, b) are this call's.
+        last = jnp.max(positions, axis=1)  # -1 for a padding row: it then sees nothing
+        held = kv.entry_positions(last + 1, size)[:, :n]
         parts = [(rows(written[0])[:, :, :n], rows(written[1])[:, :, :n], held)]
     else:
-        # Prefill chunk on a ring buffer the chunk would wrap over: earlier cache entries plus
-        # the chunk itself, then write the chunk (written first, it would overwrite keys its
-        # own first queries still need). XLA copies this layer's cache for it.
+        # A prefill chunk the sliding ring would wrap over: earlier cache entries plus the
+        # chunk itself, then write the chunk (written first, it would overwrite keys its own
+        # first queries still need). XLA copies this layer's cache for it.
         held = kv.entry_positions(kv.row_starts(positions), size)
         parts = [(rows(layer_cache[0]), rows(layer_cache[1]), held), (k, v, positions)]
         written = write()

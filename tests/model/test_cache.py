@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gemma_server.engine import steps
 from gemma_server.engine.executor import forward_step, full_forward
-from gemma_server.model.cache import entry_positions, init_cache
+from gemma_server.model.cache import cache_bytes, entry_positions, init_cache
 from gemma_server.model.forward import forward
 from tests.conftest import ARCHS, golden
 
@@ -28,8 +30,10 @@ def _full_logits(model, ids: list[int]) -> np.ndarray:
                                    model.config))[0]
 
 
-def _run_chunks(model, ids: list[int], chunk_sizes: list[int], max_len: int = 64) -> np.ndarray:
-    cache = init_cache(model.config, 1, max_len, jnp.float32)
+def _run_chunks(model, ids: list[int], chunk_sizes: list[int], max_len: int = 64,
+                cache=None) -> np.ndarray:
+    if cache is None:
+        cache = init_cache(model.config, 1, max_len, jnp.float32)
     out, start = [], 0
     for size in chunk_sizes:
         tokens = jnp.asarray(ids[start:start + size])[None]
@@ -164,15 +168,8 @@ def test_a_sliding_ring_with_room_for_window_and_chunk_is_written_before_it_is_r
     cache = dataclasses.replace(
         cache, keys=tuple(ring(i, a) for i, a in enumerate(cache.keys)),
         values=tuple(ring(i, a) for i, a in enumerate(cache.values)))
-    out, start = [], 0
-    for size in [11, 11, 11, 7]:
-        tokens = jnp.asarray(ids[start:start + size])[None]
-        logits, cache = forward_step(model.params, tokens,
-                                     jnp.arange(start, start + size)[None], cache, cfg)
-        out.append(np.asarray(logits)[0])
-        start += size
-    np.testing.assert_allclose(np.concatenate(out), _full_logits(model, ids), atol=TOLERANCE,
-                               rtol=0)
+    cached = _run_chunks(model, ids, [11, 11, 11, 7], cache=cache)
+    np.testing.assert_allclose(cached, _full_logits(model, ids), atol=TOLERANCE, rtol=0)
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -204,11 +201,6 @@ def test_cache_rows_pick_each_token_rows_cache_row_and_padding_rows_write_nothin
 def test_a_prefill_step_updates_the_slot_cache_in_place(tiny_model):
     """XLA's temporaries for a prefill are far smaller than the cache: no copy of it is made
     (reading a slot's rows and writing them back had cost two whole copies per prefill)."""
-    from functools import partial
-
-    from gemma_server.engine import steps
-    from gemma_server.model.cache import cache_bytes
-
     model = tiny_model("tiny-gemma")
     cfg = model.config
     cache = init_cache(cfg, 8, 1024, jnp.float32)
