@@ -2,14 +2,17 @@
 
 A device loop in its own thread repeats: apply cancellations, admit waiting requests into free
 slots, run one prefill (chunks of one or more prompts within the token budget), run one decode
-step for every decoding slot, and send each request its events. When there is nothing to do it
-sleeps on a condition variable until `submit` or `cancel` wakes it. A failing step fails the
-requests in it; the loop goes on serving the others.
+step for every decoding slot, and send each request its events. A decode step's tokens are read
+in the next iteration; while only decoding goes on, that iteration first launches the next step
+on them (still on the device), so the host's work overlaps the device's. When there is nothing
+to do it sleeps on a condition variable until `submit` or `cancel` wakes it. A failing step
+fails the requests in it; the loop goes on serving the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import threading
@@ -23,7 +26,7 @@ from jax.sharding import Mesh
 from gemma_server.config import EngineConfig
 from gemma_server.datatypes import FinishEvent, FinishReason, GenerationRequest, TokenEvent
 from gemma_server.engine.channel import Channel, RequestStream
-from gemma_server.engine.executor import Executor
+from gemma_server.engine.executor import DecodeLaunch, Executor
 from gemma_server.engine.scheduler import Admitted, Choice, PrefillPlan, Scheduler
 from gemma_server.errors import EngineFailure, InvalidRequest, ModelNotFound
 from gemma_server.lora import AdapterRegistry, LoraAdapter
@@ -50,6 +53,7 @@ class Engine:
         self._stopping = False
         self.steps = {"prefill": 0, "decode": 0}
         self.failure: BaseException | None = None
+        self._in_flight: _InFlight | None = None  # a launched decode step not yet read
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -175,23 +179,31 @@ class Engine:
         try:
             while True:
                 with self._cond:
-                    while not (self._stopping or self._cancelled or self.scheduler.busy):
+                    while not (self._stopping or self._cancelled or self.scheduler.busy or
+                               self._in_flight is not None):
                         self._cond.wait()
                     if self._stopping:
                         return
+                    unchanged = not self._cancelled
                     self._apply_cancellations()
                     admitted = list(self.scheduler.admit())
                     plan = self.scheduler.plan_prefill()
+                    ahead = self._next_positions() if unchanged and not admitted and \
+                        plan is None else None
                 now = time.perf_counter()
                 for item in admitted:
                     _channel(item.sink).admitted_at = now
                 with self._device:
+                    if ahead is not None:
+                        self._decode_ahead(ahead)
+                        continue
+                    self._finish_decode()
                     for item in admitted:
                         self._insert(item)
                     if plan is not None:
                         self._prefill(plan)
                     if self.scheduler.decoding:
-                        self._decode()
+                        self._launch_decode()
         except BaseException as exc:  # the loop itself broke: fail everyone, stay dead
             log.exception("engine loop died")
             self.failure = exc
@@ -284,20 +296,78 @@ class Engine:
         for j, choice in enumerate(others):
             self._accept(admitted, choice, forked, j)
 
-    def _decode(self) -> None:
+    # A decode step is launched, then read in the next iteration: while nothing but decoding
+    # goes on (no admission, prefill or cancellation), that iteration first launches step
+    # N+1 on the tokens step N drew, still on the device, and only then reads step N's, so
+    # the host's work on them (events, stop checks, SSE) runs while the device computes.
+    # A choice that step N ends has then one token too many computed: it is dropped.
+
+    def _launch_decode(self) -> None:
+        """Launch a step over every decoding slot, its tokens from the host."""
         n = self.executor.slots
         tokens = np.zeros(n, np.int32)
         positions = np.full(n, -1, np.int32)
-        live = list(self.scheduler.decoding.items())
-        for slot, (_, choice) in live:
+        live = [(slot, admitted, choice)
+                for slot, (admitted, choice) in self.scheduler.decoding.items()]
+        for slot, _, choice in live:
             tokens[slot], positions[slot] = choice.last_token, choice.position
+        self._launch(live, tokens, positions)
+
+    def _launch(self, live: list[tuple[int, Admitted, Choice]], tokens: np.ndarray | None,
+                positions: np.ndarray) -> bool:
         try:
-            drawn = self.executor.decode(tokens, positions)
+            launch = self.executor.launch_decode(tokens, positions)
         except Exception as exc:
-            self._step_failed(list({id(a): a for _, (a, _) in live}.values()), exc)
+            self._step_failed(_requests(live), exc)
+            return False
+        self._in_flight = _InFlight(live, positions, launch)
+        return True
+
+    def _next_positions(self) -> np.ndarray | None:
+        """Positions of the step after the one in flight, when it can be launched on that
+        step's tokens: the same slots decode (those this step ends by length sit out), with
+        the same compiled row count. None otherwise."""
+        step = self._in_flight
+        if step is None or [s for s, _, _ in step.live] != list(self.scheduler.decoding):
+            return None
+        positions = np.where(step.positions >= 0, step.positions + 1, -1).astype(np.int32)
+        for slot, admitted, choice in step.live:
+            if choice.done or choice.generated + 1 >= admitted.request.max_new_tokens:
+                positions[slot] = -1
+        if positions.max() < 0 or \
+                self.executor.decode_rows(positions) != self.executor.decode_rows(step.positions):
+            return None
+        return positions
+
+    def _decode_ahead(self, positions: np.ndarray) -> None:
+        """Launch the next step on the in-flight one's tokens, then hand those out."""
+        step = self._in_flight
+        assert step is not None
+        live = [(slot, a, c) for slot, a, c in step.live if positions[slot] >= 0]
+        try:
+            launch = self.executor.launch_decode(None, positions)
+        except Exception as exc:
+            self._finish_decode()
+            self._step_failed(_requests(live), exc)
+            return
+        self._in_flight = _InFlight(live, positions, launch)
+        self._hand_out(step)
+
+    def _finish_decode(self) -> None:
+        """Read the step in flight, if any, and hand its tokens out."""
+        step, self._in_flight = self._in_flight, None
+        if step is not None:
+            self._hand_out(step)
+
+    def _hand_out(self, step: _InFlight) -> None:
+        try:
+            drawn = step.launch.result()
+        except Exception as exc:
+            self._in_flight = None  # a later step was launched on this one's failed outputs
+            self._step_failed(_requests(step.live), exc)
             return
         self.steps["decode"] += 1
-        for slot, (admitted, choice) in live:
+        for slot, admitted, choice in step.live:
             if not choice.done:
                 choice.position += 1
                 self._accept(admitted, choice, drawn, slot)
@@ -351,6 +421,20 @@ class Engine:
         for i, generated in open_choices:
             _send(admitted.sink, FinishEvent(i, "error", admitted.prompt_len, generated,
                                              error=message))
+
+
+@dataclasses.dataclass
+class _InFlight:
+    """A launched decode step: its (slot, request, choice) rows and the positions it ran."""
+
+    live: list[tuple[int, Admitted, Choice]]
+    positions: np.ndarray
+    launch: DecodeLaunch
+
+
+def _requests(live: list[tuple[int, Admitted, Choice]]) -> list[Admitted]:
+    """The distinct requests of a step's rows."""
+    return list({id(a): a for _, a, _ in live}.values())
 
 
 def _open_choices(admitted: Admitted) -> list[tuple[int, int]]:

@@ -109,6 +109,8 @@ class Executor:
         self.compiled_at_warm_up = 0  # compilations (not cache loads) during warm_up
         self.cache_hits_at_warm_up = 0
         self._compiles_before_serving: int | None = None
+        self._drawn: jax.Array | None = None  # the last decode step's tokens, on the device
+        self._failed_on_device = False
 
     def memory_bytes(self) -> tuple[int, int]:
         """(parameter bytes, KV cache bytes) this executor holds on its device."""
@@ -239,7 +241,10 @@ class Executor:
         self._apply("insert", None, (np.int32(slot), row))
 
     def state_lost(self) -> bool:
-        """True when a failed step had already consumed (donated) the cache or state."""
+        """True when a failed step had already consumed (donated) the cache or state, or
+        failed while running (its outputs are the cache and state now)."""
+        if self._failed_on_device:
+            return True
         leaves = [*self.cache.keys, *self.cache.values, *jax.tree_util.tree_leaves(self.state)]
         return any(leaf.is_deleted() for leaf in leaves)
 
@@ -293,15 +298,41 @@ class Executor:
     def fork(self, source: int, targets: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
         return _to_host(self._apply("fork", None, (np.int32(source), targets, logits)))
 
-    def decode(self, tokens: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
-        """One step over the fewest leading slots that hold every active one, attending over
-        the shortest cache prefix that holds every position (both from compiled buckets)."""
+    def decode_rows(self, positions: np.ndarray) -> int:
+        """The compiled row count of a decode step over these positions: the fewest leading
+        slots that hold every active one."""
         active = np.flatnonzero(positions >= 0)
-        rows = next(r for r in self.config.slot_buckets(self.min_decode_rows)
+        return next(r for r in self.config.slot_buckets(self.min_decode_rows)
                     if r > active.max())
+
+    def launch_decode(self, tokens: np.ndarray | None, positions: np.ndarray) -> DecodeLaunch:
+        """Start one step over the fewest leading slots that hold every active one, attending
+        over the shortest cache prefix that holds every position (both from compiled
+        buckets), without waiting for it.
+
+        `tokens=None` feeds back the tokens the previous decode step drew, still on the
+        device: the engine then launches step N+1 before it reads step N's tokens, so the
+        host's work on them overlaps the device's (the previous step must have had the same
+        row count, see `decode_rows`)."""
+        rows = self.decode_rows(positions)
         needed = int(positions.max()) + 1
         length = next(n for n in self.config.attention_buckets if n >= needed)
-        return _to_host(self._apply("decode", (rows, length), (tokens[:rows], positions[:rows])))
+        if tokens is None:
+            if self._drawn is None or self._drawn.shape[0] != rows:
+                raise ValueError("no previous decode step of this row count to feed back")
+            # Followers of a multi-host slice are told host inputs: read the tokens first.
+            fed: Any = self._drawn if self.announce is None else _local(self._drawn)
+        else:
+            fed = tokens[:rows]
+        self._drawn = None  # consumed, or about to be replaced
+        drawn = self._apply("decode", (rows, length), (fed, positions[:rows]))
+        self._drawn = drawn.tokens
+        return DecodeLaunch(self, drawn)
+
+    def step_failed_on_device(self) -> None:
+        """A launched step failed while it ran: the cache and state it produced are unusable
+        (and the donated ones it consumed are gone), so `state_lost` is now true."""
+        self._failed_on_device = True
 
     def host_row(self, logits: jax.Array, row: int) -> np.ndarray:
         """One row of a prefill's logits, on the host (from this process's copy)."""
@@ -314,6 +345,8 @@ class Executor:
         with `replay` and all launch the same programs in the same order, as SPMD needs."""
         if self.announce is not None:
             self.announce(op, key, args)
+        if op != "decode":
+            self._drawn = None  # only a decode's own successor may feed its tokens back
         if op == "decode":
             drawn, self.cache, self.state = self._decode[key](
                 self.params, self.cache, self.state, self.lora, *args)
@@ -331,6 +364,7 @@ class Executor:
             self.lora = self._set_adapter(self.lora, *args)
         elif op == "reset":
             self._fresh_state()
+            self._failed_on_device, self._drawn = False, None
         else:
             raise ValueError(f"unknown step {op!r}")
         return None
@@ -350,6 +384,21 @@ class Executor:
 
     def prefill_shapes(self) -> list[tuple[int, int]]:
         return sorted(self._prefill)
+
+
+class DecodeLaunch:
+    """A decode step that was launched (JAX dispatches asynchronously) and not yet read."""
+
+    def __init__(self, executor: Executor, drawn: Sampled):
+        self._executor, self._drawn = executor, drawn
+
+    def result(self) -> dict[str, np.ndarray]:
+        """The step's draw on the host; waits for the step to finish."""
+        try:
+            return _to_host(self._drawn)
+        except Exception:
+            self._executor.step_failed_on_device()
+            raise
 
 
 def _local(x: jax.Array) -> np.ndarray:

@@ -38,11 +38,12 @@ class SamplingRows:
     frequency_penalty: jax.Array  # [R] f32
     presence_penalty: jax.Array  # [R] f32
     key_data: jax.Array  # [R, 2] u32: the seed's two 32-bit words
-    step: jax.Array  # [R] i32: tokens drawn so far (the stream index of the next draw)
+    step: jax.Array  # [R] i32: draws so far (the stream index of the next draw); decode
+    #                  counts a draw when it is fed the drawn token, before its own draw
     bias_ids: jax.Array  # [R, MAX_LOGIT_BIAS] i32, V (out of range) for unused entries
     bias_values: jax.Array  # [R, MAX_LOGIT_BIAS] f32
     prompt_seen: jax.Array  # [R, V] bool
-    counts: jax.Array  # [R, V] i32: generated-token counts
+    counts: jax.Array  # [R, V] i32: generated-token counts, also counted when fed back
     adapter: jax.Array  # [R] i32: LoRA stack row (0 = base model); not used by sampling
     wants_top: jax.Array  # [R] bool: the request asked for top logprobs
 
@@ -155,9 +156,15 @@ def sample(logits: jax.Array, rows: SamplingRows, vocab_limit: int) -> Sampled:
     return Sampled(tokens, chosen, top_ids, top_logprobs)
 
 
-def record(rows: SamplingRows, tokens: jax.Array, active: jax.Array) -> SamplingRows:
-    """Count each active row's new token and advance its draw index."""
-    r = tokens.shape[0]
+def record(state: SamplingRows, rows: jax.Array, tokens: jax.Array,
+           active: jax.Array) -> SamplingRows:
+    """Count each active row's last drawn token and advance its draw index, in the state's
+    rows `rows` (an index equal to the row count is padding: dropped).
+
+    Only the two history fields are written, in place: writing back every field of the
+    gathered rows made XLA copy the whole state (twice) on each step.
+    """
     add = active.astype(jnp.int32)
-    counts = rows.counts.at[jnp.arange(r), tokens].add(add)
-    return dataclasses.replace(rows, counts=counts, step=rows.step + add)
+    counts = state.counts.at[rows, tokens].add(add, mode="drop")
+    return dataclasses.replace(state, counts=counts,
+                               step=state.step.at[rows].add(add, mode="drop"))

@@ -78,10 +78,6 @@ def _gather(tree: SamplingRows, rows: jax.Array) -> SamplingRows:
     return jax.tree_util.tree_map(lambda a: a[rows], tree)
 
 
-def _scatter(tree: SamplingRows, rows: jax.Array, values: SamplingRows) -> SamplingRows:
-    return jax.tree_util.tree_map(lambda a, v: a.at[rows].set(v, mode="drop"), tree, values)
-
-
 def _lora(stacks: tuple[LayerStacks, ...] | None, ids: jax.Array) -> LoraBatch | None:
     return None if stacks is None else LoraBatch(stacks, ids)
 
@@ -110,10 +106,8 @@ def prefill(
     seen_ids = jnp.where(positions >= 0, tokens, vocab)  # padding: out of range, dropped
     prompt_seen = state.prompt_seen.at[slots[:, None], seen_ids].set(True, mode="drop")
     state = dataclasses.replace(state, prompt_seen=prompt_seen)
-    rows = _gather(state, slots)
-    drawn = sample(logits, rows, vocab_limit)
-    state = _scatter(state, slots, record(rows, drawn.tokens, final))
-    return drawn, logits, cache, state
+    drawn = sample(logits, _gather(state, slots), vocab_limit)
+    return drawn, logits, cache, state  # the drawn token is recorded when decode is fed it
 
 
 def fork(
@@ -130,10 +124,9 @@ def fork(
     )
     prompt_seen = state.prompt_seen.at[targets].set(state.prompt_seen[source], mode="drop")
     state = dataclasses.replace(state, prompt_seen=prompt_seen)
-    rows = _gather(state, targets)
     m = targets.shape[0]
-    drawn = sample(jnp.broadcast_to(logits, (m, logits.shape[-1])), rows, vocab_limit)
-    state = _scatter(state, targets, record(rows, drawn.tokens, jnp.ones(m, jnp.bool_)))
+    drawn = sample(jnp.broadcast_to(logits, (m, logits.shape[-1])), _gather(state, targets),
+                   vocab_limit)
     return drawn, cache, state
 
 
@@ -148,12 +141,14 @@ def decode(
     leading slots; the scheduler fills low slots first), all positions below `attend_len`."""
     n = tokens.shape[0]
     active = positions >= 0
+    # The token fed in is the one each row drew last: count it first, then read. Written
+    # before it is read, the history is updated in place; counted after the draw (read, then
+    # written), XLA copied it twice a step.
+    state = record(state, jnp.arange(n), tokens, active)
     rows = jax.tree_util.tree_map(lambda a: a[:n], state)
     logits, new_cache = forward(params, tokens[:, None], positions[:, None], cache, cfg,
                                 logit_indices=jnp.zeros_like(tokens),
                                 lora=_lora(lora, rows.adapter), attend_len=attend_len)
     assert new_cache is not None
     drawn = sample(logits, rows, vocab_limit)
-    rows = record(rows, drawn.tokens, active)
-    state = jax.tree_util.tree_map(lambda a, r: a.at[:n].set(r), state, rows)
     return drawn, new_cache, state

@@ -136,7 +136,7 @@ def test_a_client_that_drops_a_non_streamed_request_cancels_it(server, service):
 
 def test_a_failure_after_the_headers_is_one_error_event_without_done(server, service,
                                                                      monkeypatch):
-    real, calls = service.engine.executor.decode, {"n": 0}
+    real, calls = service.engine.executor.launch_decode, {"n": 0}
 
     def failing(*args):
         calls["n"] += 1
@@ -144,7 +144,7 @@ def test_a_failure_after_the_headers_is_one_error_event_without_done(server, ser
             raise RuntimeError("device lost")
         return real(*args)
 
-    monkeypatch.setattr(service.engine.executor, "decode", failing)
+    monkeypatch.setattr(service.engine.executor, "launch_decode", failing)
     for path, body in ((CHAT, chat_body(max_tokens=20, ignore_eos=True, stream=True)),
                        (f"/ai/run/{MODEL}", {"prompt": "Hi", "max_tokens": 20, "stream": True,
                                             "temperature": 0})):

@@ -51,13 +51,13 @@ def page(browser):
 def slow_decode(service, monkeypatch):
     """40 ms a decode step: a stream lasts long enough to be stopped by a click."""
     executor = service.engine.executor
-    fast = executor.decode
+    fast = executor.launch_decode
 
-    def decode(tokens, positions):
+    def launch_decode(tokens, positions):
         time.sleep(0.04)
         return fast(tokens, positions)
 
-    monkeypatch.setattr(executor, "decode", decode)
+    monkeypatch.setattr(executor, "launch_decode", launch_decode)
 
 
 def answer_text(page) -> str:

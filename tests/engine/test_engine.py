@@ -250,3 +250,76 @@ def test_a_failing_device_step_fails_its_requests_and_the_engine_goes_on(engine,
     assert finishes[0].reason == "error" and "device says no" in finishes[0].error
     tokens, _, finishes = run(collect(engine, request(prompts()[2])))
     assert finishes[0].reason == "length" and tokens[0] == golden(NAME)["greedy_2"].tolist()
+
+
+def test_decode_runs_ahead_on_the_tokens_still_on_the_device(engine, monkeypatch):
+    """While nothing but decoding goes on, step N+1 is launched on step N's tokens before the
+    host reads them; a request that ends by length costs no step past its last token."""
+    launches: list[bool] = []
+    real = engine.executor.launch_decode
+
+    def watched(tokens, positions):
+        launches.append(tokens is None)
+        return real(tokens, positions)
+
+    monkeypatch.setattr(engine.executor, "launch_decode", watched)
+    gold = golden(NAME)
+    tokens, _, finishes = run(collect(engine, request(prompts()[1], max_new=10)))
+    assert tokens[0] == gold["greedy_1"].tolist()
+    assert finishes == [FinishEvent(0, "length", len(prompts()[1]), 10)]
+    # The first token comes from the prefill, nine from decode steps: one launched on the
+    # host's tokens, the other eight on the device's.
+    assert launches == [False] + [True] * 8
+
+
+def test_a_step_run_ahead_past_a_stop_is_dropped_and_the_slot_reused(engine):
+    gold = golden(NAME)
+    greedy = gold["greedy_1"].tolist()
+    stop = greedy[5]
+
+    async def back_to_back():
+        first = await collect(engine, request(prompts()[1], stop=(stop,)))
+        second = await collect(engine, request(prompts()[1]))
+        return first, second
+
+    (stopped, _, finishes), (again, _, _) = run(back_to_back())
+    assert stopped[0] == greedy[:greedy.index(stop)] and finishes[0].reason == "stop"
+    assert again[0] == greedy
+
+
+def test_a_step_failing_on_the_device_fails_its_requests_and_the_engine_recovers(
+        engine, monkeypatch):
+    """A step that fails while it runs (seen when its tokens are read) has spent the donated
+    cache, and the step launched on its tokens is void: everyone in it fails with the
+    error, the state is rebuilt, and the next request decodes correctly."""
+    import gemma_server.engine.executor as executor_module
+
+    real, calls = executor_module._to_host, {"n": 0}
+
+    def failing(drawn):  # the prefill's read, then each decode step's
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("device fault")
+        return real(drawn)
+
+    monkeypatch.setattr(executor_module, "_to_host", failing)
+    resets, reset = [], engine.executor.reset
+    monkeypatch.setattr(engine.executor, "reset", lambda: (resets.append(1), reset()))
+    tokens, _, finishes = run(collect(engine, request(prompts()[2], max_new=20)))
+    assert finishes[0].reason == "error" and "device fault" in finishes[0].error
+    assert len(tokens[0]) == 3  # the prefill's token and two steps before the fault
+    assert resets == [1]
+    tokens, _, finishes = run(collect(engine, request(prompts()[2])))
+    assert finishes[0].reason == "length" and tokens[0] == golden(NAME)["greedy_2"].tolist()
+    assert not engine.executor.state_lost()
+
+
+def test_penalties_count_every_generated_token_from_the_first(engine):
+    """Each drawn token is counted when the next step is fed it (before that step draws),
+    the prefill's first token included: a huge presence penalty forbids any repeat."""
+    plain, _, _ = run(collect(engine, request(prompts()[1], max_new=40)))
+    assert len(set(plain[0])) < 40  # without it, greedy repeats itself here
+    tokens, _, _ = run(collect(engine, request(prompts()[1], max_new=40,
+                                               presence_penalty=1e4)))
+    assert len(tokens[0]) == 40 and len(set(tokens[0])) == 40
+    assert tokens[0][0] == plain[0][0]

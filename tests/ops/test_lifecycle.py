@@ -29,11 +29,11 @@ READY = re.compile(r"ready in ([\d.]+) s \(weights ([\d.]+) s, warm-up ([\d.]+) 
 SLOW_ENGINE = """
 import sys, time
 from gemma_server.engine.executor import Executor
-fast = Executor.decode
-def decode(self, tokens, positions):
+fast = Executor.launch_decode
+def launch_decode(self, tokens, positions):
     time.sleep(0.03)
     return fast(self, tokens, positions)
-Executor.decode = decode
+Executor.launch_decode = launch_decode
 from gemma_server.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -45,9 +45,9 @@ import sys
 from gemma_server.engine.executor import Executor
 class LoopBug(BaseException):
     pass
-def decode(self, tokens, positions):
+def launch_decode(self, tokens, positions):
     raise LoopBug("simulated bug in the engine loop")
-Executor.decode = decode
+Executor.launch_decode = launch_decode
 from gemma_server.cli import main
 sys.exit(main(sys.argv[1:]))
 """
