@@ -311,17 +311,12 @@ class Engine:
                 for slot, (admitted, choice) in self.scheduler.decoding.items()]
         for slot, _, choice in live:
             tokens[slot], positions[slot] = choice.last_token, choice.position
-        self._launch(live, tokens, positions)
-
-    def _launch(self, live: list[tuple[int, Admitted, Choice]], tokens: np.ndarray | None,
-                positions: np.ndarray) -> bool:
         try:
             launch = self.executor.launch_decode(tokens, positions)
         except Exception as exc:
             self._step_failed(_requests(live), exc)
-            return False
+            return
         self._in_flight = _InFlight(live, positions, launch)
-        return True
 
     def _next_positions(self) -> np.ndarray | None:
         """Positions of the step after the one in flight, when it can be launched on that
@@ -332,7 +327,7 @@ class Engine:
             return None
         positions = np.where(step.positions >= 0, step.positions + 1, -1).astype(np.int32)
         for slot, admitted, choice in step.live:
-            if choice.done or choice.generated + 1 >= admitted.request.max_new_tokens:
+            if choice.generated + 1 >= admitted.request.max_new_tokens:
                 positions[slot] = -1
         if positions.max() < 0 or \
                 self.executor.decode_rows(positions) != self.executor.decode_rows(step.positions):
