@@ -53,16 +53,13 @@ class EngineConfig:
 
     @property
     def attention_buckets(self) -> tuple[int, ...]:
-        """Cache lengths a decode step can attend over: 256, x4 ..., then the maximum."""
+        """Cache lengths a decode step can attend over: 256, x4 ..., then the maximum (where
+        attention reads the whole prefix it is given: see Executor.attention_buckets)."""
         return _geometric(256, 4, self.max_total_tokens)
 
     def slot_buckets(self, min_rows: int = 1) -> tuple[int, ...]:
         """Leading slot counts a decode step can run on: min_rows, x4 ..., then all slots."""
         return _geometric(min(min_rows, self.max_batch_size), 4, self.max_batch_size)
-
-    def decode_shapes(self, min_rows: int = 1) -> list[tuple[int, int]]:
-        """Every (slots, cache length) decode shape the engine compiles and uses."""
-        return [(s, n) for s in self.slot_buckets(min_rows) for n in self.attention_buckets]
 
     def prefill_shapes(self) -> list[tuple[int, int]]:
         """Every (rows, bucket) prefill shape the engine compiles and uses."""

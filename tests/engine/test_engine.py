@@ -323,3 +323,23 @@ def test_penalties_count_every_generated_token_from_the_first(engine):
                                                presence_penalty=1e4)))
     assert len(tokens[0]) == 40 and len(set(tokens[0])) == 40
     assert tokens[0][0] == plain[0][0]
+
+
+def test_decode_compiles_one_attention_length_where_the_kernel_reads_only_visible_entries(
+        tiny_model):
+    """The CPU attention kernel skips entries no query sees, so a longer attended prefix costs
+    nothing there and one compiled length serves every step; XLA's attention reads all it is
+    given, so it keeps a step per prefix length (256, x4 ..., the maximum)."""
+    from gemma_server.engine.executor import Executor
+    from gemma_server.kernels import library
+
+    model = tiny_model("tiny-gemma", "float32")
+    config = EngineConfig(max_batch_size=4, max_total_tokens=2048, max_input_length=200,
+                          max_waiting=4)
+    with library.kernels_off():
+        xla = Executor(model.params, model.config, config)
+    assert xla.attention_buckets == (256, 1024, 2048)
+    assert len(xla.decode_shapes()) == 3 * len(config.slot_buckets())
+    kernel = Executor(model.params, model.config, config)
+    expected = (2048,) if library.available() else (256, 1024, 2048)
+    assert kernel.attention_buckets == expected
