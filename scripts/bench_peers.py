@@ -19,7 +19,11 @@ The checkpoint is converted to GGUF (f32, bf16, q8_0 for our int8) with the conv
 in that source tree. gemma_server is measured **through its HTTP API** (a real `gemma-server
 serve` process, streaming `/v1/completions` with token-id prompts); llama.cpp through its C
 API (llama-cpp-python's low-level bindings, batched decode over 16 sequences); transformers
-with a KV cache in eager PyTorch. Same work everywhere, greedy, `--threads` threads:
+with a KV cache in eager PyTorch. Same work everywhere, greedy, `--threads` threads. The
+systems of one dtype are loaded together and take turns, one repetition each (decode b1, 16
+streams, prefill), so that the host's memory bandwidth, which drifts by tens of percent
+within minutes on a shared VM, weighs on all of them alike; figures are medians over the
+repetitions (`--reps`, default 3):
 
 - decode b1: 64-token prompt, then 128 tokens; rate = 1 / median time per token;
 - decode b16: 16 sequences of 64-token prompts decoding together, 32 tokens each; aggregate
@@ -134,35 +138,48 @@ async def stream(client: httpx.AsyncClient, prompt: list[int], max_tokens: int) 
     return times
 
 
-async def measure_server(url: str, vocab: int, reps: int) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        await stream(client, prompts(vocab, 1, PROMPT, 99)[0], 4)  # warm the path
-        b1 = []
-        for rep in range(reps):
-            times = await stream(client, prompts(vocab, 1, PROMPT, rep)[0], DECODE)
-            b1.append(1 / statistics.median(np.diff(times)))
-        gaps: list[float] = []
-        for rep in range(reps):
-            runs = await asyncio.gather(*(stream(client, p, B16_TOKENS)
-                                          for p in prompts(vocab, B16, PROMPT, 100 + rep)))
-            gaps += [g for times in runs for g in np.diff(times)]
-        prefill = []
-        for rep in range(reps):
-            times = await stream(client, prompts(vocab, 1, LONG, 200 + rep)[0], 1)
-            prefill.append(LONG / times[0])
-    return {"b1": statistics.median(b1), "b16": B16 / statistics.median(gaps),
-            "prefill": statistics.median(prefill)}
+class Samples:
+    """One system's measurements, gathered one repetition at a time (see `interleaved`)."""
+
+    def __init__(self) -> None:
+        self.b1: list[float] = []  # decode b1 rates, one per repetition
+        self.b16_steps: list[float] = []  # seconds per 16-sequence step (or per token gap)
+        self.prefill: list[float] = []  # 1500-token prefill rates
+
+    def result(self) -> dict[str, Any]:
+        return {"b1": statistics.median(self.b1), "b16": B16 / statistics.median(self.b16_steps),
+                "prefill": statistics.median(self.prefill)}
 
 
-def run_gemma_server(checkpoint: Path, dtype: str, args: argparse.Namespace,
-                     vocab: int) -> dict[str, Any]:
-    server = Server(checkpoint, dtype, args.threads, args.port)
-    try:
-        result = asyncio.run(measure_server(server.url, vocab, args.reps))
-        result["peak_rss_gb"] = server.peak_rss_gb()
-    finally:
-        server.stop()
-    return result
+class GemmaServer(Samples):
+    """gemma_server through its HTTP API: a real `gemma-server serve` process."""
+
+    def __init__(self, checkpoint: Path, dtype: str, args: argparse.Namespace, vocab: int):
+        super().__init__()
+        self.server, self.vocab = Server(checkpoint, dtype, args.threads, args.port), vocab
+        asyncio.run(self._with_client(lambda c: stream(c, prompts(vocab, 1, PROMPT, 99)[0], 4)))
+
+    async def _with_client(self, work: Any) -> Any:
+        async with httpx.AsyncClient(base_url=self.server.url, timeout=600) as client:
+            return await work(client)
+
+    def rep(self, rep: int) -> None:
+        asyncio.run(self._with_client(lambda c: self._rep(c, rep)))
+
+    async def _rep(self, client: httpx.AsyncClient, rep: int) -> None:
+        times = await stream(client, prompts(self.vocab, 1, PROMPT, rep)[0], DECODE)
+        self.b1.append(1 / statistics.median(np.diff(times)))
+        runs = await asyncio.gather(*(stream(client, p, B16_TOKENS)
+                                      for p in prompts(self.vocab, B16, PROMPT, 100 + rep)))
+        self.b16_steps += [g for times in runs for g in np.diff(times)]
+        times = await stream(client, prompts(self.vocab, 1, LONG, 200 + rep)[0], 1)
+        self.prefill.append(LONG / times[0])
+
+    def result(self) -> dict[str, Any]:
+        return {**super().result(), "peak_rss_gb": self.server.peak_rss_gb()}
+
+    def close(self) -> None:
+        self.server.stop()
 
 
 # --- llama.cpp, through its C API (llama-cpp-python bindings) ---
@@ -179,82 +196,92 @@ def convert_to_gguf(checkpoint: Path, source: Path, outtype: str, out_dir: Path)
 _QUIET: list[Any] = []  # keeps the log callback alive
 
 
-def run_llama_cpp(gguf: Path, threads: int, vocab: int, reps: int) -> dict[str, Any]:
-    import llama_cpp as lc
+class LlamaCpp(Samples):
+    """llama.cpp through its C API, on a GGUF file."""
 
-    if not _QUIET:
-        _QUIET.append(lc.llama_log_callback(lambda level, text, data: None))
-        lc.llama_log_set(_QUIET[0], None)
-    lc.llama_backend_init()
-    model = lc.llama_model_load_from_file(str(gguf).encode(), lc.llama_model_default_params())
-    params = lc.llama_context_default_params()
-    params.n_ctx, params.n_batch, params.n_ubatch = 2048, 2048, 512
-    params.n_seq_max, params.kv_unified = B16, True
-    params.n_threads = params.n_threads_batch = threads
-    ctx = lc.llama_init_from_model(model, params)
-    n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(model))
-    batch = lc.llama_batch_init(2048, 0, B16)
+    def __init__(self, gguf: Path, threads: int, vocab: int):
+        import llama_cpp as lc
 
-    def decode(entries: list[tuple[int, int, int, bool]]) -> None:
+        super().__init__()
+        self.lc, self.gguf, self.vocab = lc, gguf, vocab
+        if not _QUIET:
+            _QUIET.append(lc.llama_log_callback(lambda level, text, data: None))
+            lc.llama_log_set(_QUIET[0], None)
+        lc.llama_backend_init()
+        self.model = lc.llama_model_load_from_file(str(gguf).encode(),
+                                                   lc.llama_model_default_params())
+        params = lc.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = 2048, 2048, 512
+        params.n_seq_max, params.kv_unified = B16, True
+        params.n_threads = params.n_threads_batch = threads
+        self.ctx = lc.llama_init_from_model(self.model, params)
+        self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
+        self.batch = lc.llama_batch_init(2048, 0, B16)
+
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        batch = self.batch
         batch.n_tokens = len(entries)
         for i, (token, pos, seq, logits) in enumerate(entries):
             batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
             batch.seq_id[i][0], batch.logits[i] = seq, logits
-        if lc.llama_decode(ctx, batch) != 0:
+        if self.lc.llama_decode(self.ctx, batch) != 0:
             raise RuntimeError("llama_decode failed")
 
-    def argmax(i: int) -> int:
-        return int(np.argmax(np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, i),
-                                                   shape=(n_vocab,))))
+    def _argmax(self, i: int) -> int:
+        return int(np.argmax(np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, i),
+                                                   shape=(self.n_vocab,))))
 
-    def prefill(seqs: list[list[int]]) -> list[int]:
-        lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
-        decode([(t, p, s, p == len(ids) - 1) for s, ids in enumerate(seqs)
-                for p, t in enumerate(ids)])
-        return [argmax(s * len(seqs[0]) + len(seqs[0]) - 1) for s in range(len(seqs))]
+    def _prefill(self, seqs: list[list[int]]) -> list[int]:
+        self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), True)
+        self._decode([(t, p, s, p == len(ids) - 1) for s, ids in enumerate(seqs)
+                      for p, t in enumerate(ids)])
+        return [self._argmax(s * len(seqs[0]) + len(seqs[0]) - 1) for s in range(len(seqs))]
 
-    try:
-        b1, steps16, long = [], [], []
-        for rep in range(reps):
-            token = prefill(prompts(vocab, 1, PROMPT, rep))[0]
-            times = []
-            for pos in range(PROMPT, PROMPT + DECODE):
-                start = time.perf_counter()
-                decode([(token, pos, 0, True)])
-                token = argmax(0)
-                times.append(time.perf_counter() - start)
-            b1.append(1 / statistics.median(times))
-        for rep in range(reps):
-            tokens = prefill(prompts(vocab, B16, PROMPT, 100 + rep))
-            for pos in range(PROMPT, PROMPT + B16_TOKENS):
-                start = time.perf_counter()
-                decode([(t, pos, s, True) for s, t in enumerate(tokens)])
-                tokens = [argmax(s) for s in range(B16)]
-                steps16.append(time.perf_counter() - start)
-        for rep in range(reps):
+    def rep(self, rep: int) -> None:
+        token = self._prefill(prompts(self.vocab, 1, PROMPT, rep))[0]
+        times = []
+        for pos in range(PROMPT, PROMPT + DECODE):
             start = time.perf_counter()
-            prefill(prompts(vocab, 1, LONG, 200 + rep))
-            long.append(LONG / (time.perf_counter() - start))
-    finally:
-        lc.llama_batch_free(batch)
-        lc.llama_free(ctx)
-        lc.llama_model_free(model)
-    return {"b1": statistics.median(b1), "b16": B16 / statistics.median(steps16),
-            "prefill": statistics.median(long), "weights_gb": gguf.stat().st_size / 1e9}
+            self._decode([(token, pos, 0, True)])
+            token = self._argmax(0)
+            times.append(time.perf_counter() - start)
+        self.b1.append(1 / statistics.median(times))
+        tokens = self._prefill(prompts(self.vocab, B16, PROMPT, 100 + rep))
+        for pos in range(PROMPT, PROMPT + B16_TOKENS):
+            start = time.perf_counter()
+            self._decode([(t, pos, s, True) for s, t in enumerate(tokens)])
+            tokens = [self._argmax(s) for s in range(B16)]
+            self.b16_steps.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        self._prefill(prompts(self.vocab, 1, LONG, 200 + rep))
+        self.prefill.append(LONG / (time.perf_counter() - start))
+
+    def result(self) -> dict[str, Any]:
+        return {**super().result(), "weights_gb": self.gguf.stat().st_size / 1e9}
+
+    def close(self) -> None:
+        self.lc.llama_batch_free(self.batch)
+        self.lc.llama_free(self.ctx)
+        self.lc.llama_model_free(self.model)
 
 
 # --- transformers ---
 
-def run_transformers(checkpoint: Path, dtype: str, threads: int, vocab: int,
-                     reps: int) -> dict[str, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM
+class Transformers(Samples):
+    """transformers, eager PyTorch with a KV cache."""
 
-    torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(
-        checkpoint, dtype=getattr(torch, dtype), attn_implementation="eager").eval()
+    def __init__(self, checkpoint: Path, dtype: str, threads: int, vocab: int):
+        import torch
+        from transformers import AutoModelForCausalLM
 
-    def decode_rate(batch: list[list[int]], steps: int) -> float:
+        super().__init__()
+        torch.set_num_threads(threads)
+        self.torch, self.vocab = torch, vocab
+        self.model = AutoModelForCausalLM.from_pretrained(
+            checkpoint, dtype=getattr(torch, dtype), attn_implementation="eager").eval()
+
+    def _decode_steps(self, batch: list[list[int]], steps: int) -> list[float]:
+        torch, model = self.torch, self.model
         with torch.inference_mode():
             out = model(torch.tensor(batch), use_cache=True, logits_to_keep=1)
             cache, times = out.past_key_values, []
@@ -264,19 +291,31 @@ def run_transformers(checkpoint: Path, dtype: str, threads: int, vocab: int,
                 out = model(token, past_key_values=cache, use_cache=True)
                 cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
                 times.append(time.perf_counter() - start)
-        return len(batch) / statistics.median(times)
+        return times
 
-    def prefill_rate(ids: list[int]) -> float:
-        with torch.inference_mode():
+    def rep(self, rep: int) -> None:
+        self.b1.append(1 / statistics.median(
+            self._decode_steps(prompts(self.vocab, 1, PROMPT, rep), DECODE)))
+        self.b16_steps += self._decode_steps(prompts(self.vocab, B16, PROMPT, 100 + rep),
+                                             B16_TOKENS)
+        ids = prompts(self.vocab, 1, LONG, 200 + rep)[0]
+        with self.torch.inference_mode():
             start = time.perf_counter()
-            model(torch.tensor([ids]), use_cache=True, logits_to_keep=1).logits.argmax(-1)
-            return len(ids) / (time.perf_counter() - start)
+            self.model(self.torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+            self.prefill.append(LONG / (time.perf_counter() - start))
 
-    b1 = [decode_rate(prompts(vocab, 1, PROMPT, r), DECODE) for r in range(reps)]
-    b16 = [decode_rate(prompts(vocab, B16, PROMPT, 100 + r), B16_TOKENS) for r in range(reps)]
-    long = [prefill_rate(prompts(vocab, 1, LONG, 200 + r)[0]) for r in range(reps)]
-    return {"b1": statistics.median(b1), "b16": statistics.median(b16),
-            "prefill": statistics.median(long)}
+    def close(self) -> None:
+        del self.model
+
+
+def interleaved(systems: dict[str, Any], reps: int) -> dict[str, dict[str, Any]]:
+    """Each repetition measures every system in turn (decode b1, 16 streams, prefill), so the
+    host's memory bandwidth, which drifts by tens of percent within minutes on a shared VM,
+    weighs on all of them alike; each figure is the median over the repetitions."""
+    for rep in range(reps):
+        for system in systems.values():
+            system.rep(rep)
+    return {name: system.result() for name, system in systems.items()}
 
 
 # --- report ---
@@ -345,20 +384,23 @@ def main() -> None:
     args.gguf_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for dtype in args.dtypes.split(","):
-        row: dict[str, dict[str, Any]] = {}
-        if "gemma_server" in systems:
-            row["gemma_server"] = run_gemma_server(checkpoint, dtype, args, vocab)
-        if "llama.cpp" in systems:
-            if args.llama_cpp_source is None:
-                parser.error("--llama-cpp-source is needed to measure llama.cpp")
-            gguf = convert_to_gguf(checkpoint, args.llama_cpp_source, GGUF_TYPES[dtype],
-                                   args.gguf_dir)
-            row["llama.cpp"] = run_llama_cpp(gguf, args.threads, vocab, args.reps)
-        if "transformers" in systems and dtype != "int8":
-            row["transformers"] = run_transformers(checkpoint, dtype, args.threads, vocab,
-                                                   args.reps)
-        results[dtype] = row
-        print(json.dumps({dtype: row}), flush=True)
+        if "llama.cpp" in systems and args.llama_cpp_source is None:
+            parser.error("--llama-cpp-source is needed to measure llama.cpp")
+        loaded: dict[str, Any] = {}
+        try:
+            if "gemma_server" in systems:
+                loaded["gemma_server"] = GemmaServer(checkpoint, dtype, args, vocab)
+            if "llama.cpp" in systems:
+                gguf = convert_to_gguf(checkpoint, args.llama_cpp_source, GGUF_TYPES[dtype],
+                                       args.gguf_dir)
+                loaded["llama.cpp"] = LlamaCpp(gguf, args.threads, vocab)
+            if "transformers" in systems and dtype != "int8":
+                loaded["transformers"] = Transformers(checkpoint, dtype, args.threads, vocab)
+            results[dtype] = interleaved(loaded, args.reps)
+        finally:
+            for system in loaded.values():
+                system.close()
+        print(json.dumps({dtype: results[dtype]}), flush=True)
     print(f"\n{checkpoint.name}: {cfg.num_params() / 1e6:.1f} M parameters, {args.threads} "
           f"threads, memory read bandwidth {bandwidth:.1f} GB/s")
     print("\n".join(report(results, cfg, bandwidth)))
