@@ -8,8 +8,8 @@
  * has no fused int8-weight product at all. These kernels read each weight byte once per call
  * and accumulate in float32 (bfloat16 pairs through vdpbf16ps where the CPU has AVX512-BF16,
  * else widened to float32 for an FMA), so bfloat16 and int8 weights cost what their bytes
- * cost. float32 weights go through the same FMA loops (XLA's float32 product with 2-16 rows
- * reaches a third of the bandwidth; with one row the Python side leaves it to XLA).
+ * cost. float32 weights go through the same FMA loops (XLA's float32 product streams on one
+ * thread with one row and reaches a third of the bandwidth with 2-16).
  *
  * W is [N, K] row-major, Hugging Face's [out, in] (params.py): output n is the dot product of
  * x with row n, and a block of outputs is a contiguous block of W, read front to back.
