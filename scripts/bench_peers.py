@@ -146,9 +146,16 @@ class Samples:
         self.b16_steps: list[float] = []  # seconds per 16-sequence step (or per token gap)
         self.prefill: list[float] = []  # 1500-token prefill rates
 
+    def rep(self, rep: int) -> None:
+        """Measure decode b1, 16 streams and prefill once, appending to the lists."""
+        raise NotImplementedError
+
     def result(self) -> dict[str, Any]:
         return {"b1": statistics.median(self.b1), "b16": B16 / statistics.median(self.b16_steps),
                 "prefill": statistics.median(self.prefill)}
+
+    def close(self) -> None:
+        """Free what the system holds (a server process, a model)."""
 
 
 class GemmaServer(Samples):
@@ -308,7 +315,7 @@ class Transformers(Samples):
         del self.model
 
 
-def interleaved(systems: dict[str, Any], reps: int) -> dict[str, dict[str, Any]]:
+def interleaved(systems: dict[str, Samples], reps: int) -> dict[str, dict[str, Any]]:
     """Each repetition measures every system in turn (decode b1, 16 streams, prefill), so the
     host's memory bandwidth, which drifts by tens of percent within minutes on a shared VM,
     weighs on all of them alike; each figure is the median over the repetitions."""
@@ -386,7 +393,7 @@ def main() -> None:
     for dtype in args.dtypes.split(","):
         if "llama.cpp" in systems and args.llama_cpp_source is None:
             parser.error("--llama-cpp-source is needed to measure llama.cpp")
-        loaded: dict[str, Any] = {}
+        loaded: dict[str, Samples] = {}
         try:
             if "gemma_server" in systems:
                 loaded["gemma_server"] = GemmaServer(checkpoint, dtype, args, vocab)

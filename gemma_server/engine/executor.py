@@ -101,14 +101,12 @@ class Executor:
         slow_few_rows = dtype == jnp.bfloat16 and not (kernels.available() and
                                                       self.mesh is None)
         self.min_decode_rows = 8 if slow_few_rows else 1
-        # XLA's decode attention reads the whole cache prefix it is given, so shorter prefixes
-        # get their own compiled steps; the CPU attention kernel reads only the entries each
-        # query can see, whatever length it is given (bench-150m bf16 decode step, B=16,
-        # attend length 256 vs 2048: 22.5 vs 22.5 ms), so there one length serves every
-        # step: 6 fewer compiled decode steps (~24 MB of RSS and ~3 s of start-up each).
-        reads_visible_only = (self.mesh is None and kernels.available() and
-                              cpu_attention.wanted(cfg.queries_per_kv, self.cache.keys[0].dtype))
-        self.attention_buckets = ((config.max_total_tokens,) if reads_visible_only
+        # XLA's decode attention reads the whole prefix it is given, so shorter prefixes get
+        # their own steps; the CPU kernel reads only visible entries at any length (bf16 B=16,
+        # 256 vs 2048: 22.5 ms both), so there one compiled length serves every step.
+        kernel = self.mesh is None and cpu_attention.wanted(cfg.queries_per_kv,
+                                                            self.cache.keys[0].dtype)
+        self.attention_buckets = ((config.max_total_tokens,) if kernel
                                   else config.attention_buckets)
         self._prefill: dict[tuple[int, int], Any] = {}
         self._set_adapter: Any = None

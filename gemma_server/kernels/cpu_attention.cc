@@ -158,7 +158,7 @@ TARGET static void attend_one(const Shape &sh, const float *q, const void *keys,
     float *s = blocks.data();
 
     /* 1. scores, scaled, capped and masked; entries past hi or n: -inf (weight exactly 0).
-     * Keys and values are prefetched PREFETCH_BYTES ahead of the block read: see PREFETCH_BYTES. */
+     * Keys and values are prefetched PREFETCH_BYTES ahead of the block being read. */
     constexpr int64_t ELEM = BF16 ? 2 : 4;
     const int64_t block_bytes = KB * Hd * ELEM;
     const char *kbytes = static_cast<const char *>(keys), *vbytes = static_cast<const char *>(values);

@@ -1,13 +1,14 @@
 """Decode-sized matrix products on CPU through our AVX-512 kernels (`cpu_matmul.cc`).
 
 XLA:CPU reads bfloat16 weights at a fraction of the memory bandwidth when a product has only
-a few rows (batch-1 decode), float32 weights on one thread with one row and at a third of the
-bandwidth from two rows on, and cannot multiply by int8 weights without first writing a
-widened copy of them. The C kernels
-stream each weight once and widen it in registers; they are registered with XLA as custom
-calls (library.py) so they run inside the same compiled step as everything else. They are
-used only where they win: products with at most `MAX_ROWS` rows, where `library.available()`.
-Everywhere else (GPU, TPU, prefill, older CPUs) the pure-JAX path runs.
+a few rows (batch-1 decode), float32 weights on one thread with one row (256 MB, alternating
+with a two-thread C probe: XLA 30-32 GB/s, the kernel 34-57, the probe 56-66) and at a third of
+the bandwidth from two rows on, and cannot multiply by int8 weights without first writing a
+widened copy of them. The C kernels stream each weight once and widen it in registers; they
+are registered with XLA as custom calls (library.py) so they run inside the same compiled
+step as everything else. They are used only where they win: products with at most
+`MAX_ROWS` rows, where `library.available()`. Everywhere else (GPU, TPU, prefill, older
+CPUs) the pure-JAX path runs.
 """
 
 from __future__ import annotations
@@ -22,15 +23,12 @@ from gemma_server.kernels import library
 MAX_ROWS = 16  # the decode slot buckets; prefill chunks go to XLA, fast with many rows
 
 _WEIGHT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.int8))
-# float32 with one row included: XLA's product then streams on one thread, at the one-thread
-# bandwidth (256 MB of weights, alternating with a two-thread C probe: XLA 30-32 GB/s in every
-# run, the kernel 34-57 GB/s, the probe 56-66 GB/s at one thread's 28-32).
 
 
 def wanted(rows: int, weight_dtype: jnp.dtype) -> bool:
     """Whether a product with `rows` rows and these weights should go to the kernels."""
     dtype = jnp.dtype(weight_dtype)
-    return dtype in _WEIGHT_DTYPES and 1 <= rows <= MAX_ROWS and library.available()
+    return dtype in _WEIGHT_DTYPES and rows <= MAX_ROWS and library.available()
 
 
 def matmul(x: jax.Array, w: jax.Array, scale: jax.Array | None = None) -> jax.Array:
