@@ -45,6 +45,9 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
     a("--max-input-length", type=int, help="prompt tokens per request (default 1512)")
     a("--max-total-tokens", type=int, help="prompt + generated tokens (default 2048)")
     a("--max-batch-prefill-tokens", type=int, help="tokens per prefill step (default 1024)")
+    a("--decode-steps", type=int,
+      help="decode steps per device call while no request waits (default 4; 1: one token "
+           "per call, streams without bursts)")
     a("--max-body-bytes", type=int, help="request body limit (default 4 MiB)")
     a("--compilation-cache-dir",
       help="JAX persistent compilation cache: a restart loads compiled steps instead of "

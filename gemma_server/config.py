@@ -13,6 +13,8 @@ class EngineConfig:
     max_batch_prefill_tokens: token budget of one prefill call; longer prompts are chunked.
     prefill_buckets: prompt-chunk lengths that are compiled; a chunk is padded to the next one.
     prefill_batch_sizes: how many prompts one prefill call may carry (each a compiled shape).
+    decode_steps: decode steps one device call may run while nothing waits for a slot or a
+        prefill (tokens then reach clients in bursts of up to this many; 1: one per call).
     """
 
     max_batch_size: int = 8
@@ -28,6 +30,9 @@ class EngineConfig:
     compilation_cache_dir: str | None = None
     max_loras: int = 0  # LoRA adapters servable at once; 0 compiles no LoRA code at all
     max_lora_rank: int = 32
+    # 4: the host's work per call (dispatch, read-back, hand-out) is paid once per 4 tokens,
+    # while a request arriving meanwhile waits at most 3 more steps for its slot.
+    decode_steps: int = 4
 
     def __post_init__(self) -> None:
         if self.max_input_length >= self.max_total_tokens:
@@ -37,6 +42,8 @@ class EngineConfig:
             )
         if self.max_batch_size < 1 or self.max_waiting < 0:
             raise ValueError("max_batch_size must be >= 1 and max_waiting >= 0")
+        if self.decode_steps < 1:
+            raise ValueError("decode_steps must be >= 1")
         if self.max_loras < 0 or self.max_lora_rank < 1:
             raise ValueError("max_loras must be >= 0 and max_lora_rank >= 1")
         if self.max_batch_prefill_tokens < min(self.prefill_buckets):

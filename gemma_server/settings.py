@@ -42,6 +42,7 @@ class ServerSettings(BaseSettings):
     max_input_length: int = Field(1512, ge=1)
     max_total_tokens: int = Field(2048, ge=2)
     max_batch_prefill_tokens: int = Field(1024, ge=32)
+    decode_steps: int = Field(4, ge=1, le=64)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     compilation_cache_dir: str | None = None  # default: <cache root>/xla; "off": none
     lora: StrList = Field(default_factory=list)  # NAME=DIR
@@ -126,7 +127,8 @@ class ServerSettings(BaseSettings):
             max_batch_size=self.max_batch_size, max_total_tokens=self.max_total_tokens,
             max_input_length=self.max_input_length,
             max_batch_prefill_tokens=self.max_batch_prefill_tokens,
-            max_waiting=self.max_waiting, compilation_cache_dir=self.compilation_cache(),
+            decode_steps=self.decode_steps, max_waiting=self.max_waiting,
+            compilation_cache_dir=self.compilation_cache(),
         )
 
     def compilation_cache(self) -> str | None:

@@ -25,9 +25,11 @@ streams, prefill), so that the host's memory bandwidth, which drifts by tens of 
 within minutes on a shared VM, weighs on all of them alike; figures are medians over the
 repetitions (`--reps`, default 3):
 
-- decode b1: 64-token prompt, then 128 tokens; rate = 1 / median time per token;
+- decode b1: 64-token prompt, then 128 tokens; rate = tokens after the first / the time
+  from the first to the last (gemma_server hands out up to `--decode-steps` tokens at once,
+  so a median gap between tokens would not be a rate);
 - decode b16: 16 sequences of 64-token prompts decoding together, 32 tokens each; aggregate
-  rate = 16 / median time per step (for the server: per inter-token gap of its streams);
+  rate = 16 x 31 tokens / the time from the last stream's first token to the last token;
 - prefill 1500: time to the first token of a 1500-token prompt; rate = 1500 / that time.
 
 Roofline: batch-1 fraction = weight bytes read per token × rate ÷ the memory read bandwidth,
@@ -88,13 +90,15 @@ def measure_bandwidth(threads: int) -> float:
 # --- gemma_server, through its HTTP API ---
 
 class Server:
-    def __init__(self, checkpoint: Path, dtype: str, threads: int, port: int):
+    def __init__(self, checkpoint: Path, dtype: str, threads: int, port: int,
+                 extra: tuple[str, ...] = ()):
         args = [sys.executable, "-m", "gemma_server.cli", "serve", "--checkpoint", str(checkpoint),
                 "--port", str(port), "--max-batch-size", "16", "--max-total-tokens", "2048",
                 "--max-input-length", "1600", "--served-model-name", "bench",
                 "--log-level", "warning"]
         args += ["--dtype", "bfloat16", "--quantize", "int8"] if dtype == "int8" else \
             ["--dtype", dtype]
+        args += extra
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(args, env=env)
@@ -143,7 +147,7 @@ class Samples:
 
     def __init__(self) -> None:
         self.b1: list[float] = []  # decode b1 rates, one per repetition
-        self.b16_steps: list[float] = []  # seconds per 16-sequence step (or per token gap)
+        self.b16: list[float] = []  # aggregate 16-sequence decode rates, one per repetition
         self.prefill: list[float] = []  # 1500-token prefill rates
 
     def rep(self, rep: int) -> None:
@@ -151,7 +155,7 @@ class Samples:
         raise NotImplementedError
 
     def result(self) -> dict[str, Any]:
-        return {"b1": statistics.median(self.b1), "b16": B16 / statistics.median(self.b16_steps),
+        return {"b1": statistics.median(self.b1), "b16": statistics.median(self.b16),
                 "prefill": statistics.median(self.prefill)}
 
     def close(self) -> None:
@@ -161,9 +165,11 @@ class Samples:
 class GemmaServer(Samples):
     """gemma_server through its HTTP API: a real `gemma-server serve` process."""
 
-    def __init__(self, checkpoint: Path, dtype: str, args: argparse.Namespace, vocab: int):
+    def __init__(self, checkpoint: Path, dtype: str, args: argparse.Namespace, vocab: int,
+                 extra: tuple[str, ...] = (), port_offset: int = 0):
         super().__init__()
-        self.server, self.vocab = Server(checkpoint, dtype, args.threads, args.port), vocab
+        self.server = Server(checkpoint, dtype, args.threads, args.port + port_offset, extra)
+        self.vocab = vocab
         asyncio.run(self._with_client(lambda c: stream(c, prompts(vocab, 1, PROMPT, 99)[0], 4)))
 
     async def _with_client(self, work: Any) -> Any:
@@ -175,10 +181,11 @@ class GemmaServer(Samples):
 
     async def _rep(self, client: httpx.AsyncClient, rep: int) -> None:
         times = await stream(client, prompts(self.vocab, 1, PROMPT, rep)[0], DECODE)
-        self.b1.append(1 / statistics.median(np.diff(times)))
+        self.b1.append((len(times) - 1) / (times[-1] - times[0]))
         runs = await asyncio.gather(*(stream(client, p, B16_TOKENS)
                                       for p in prompts(self.vocab, B16, PROMPT, 100 + rep)))
-        self.b16_steps += [g for times in runs for g in np.diff(times)]
+        first, last = max(t[0] for t in runs), max(t[-1] for t in runs)
+        self.b16.append(B16 * (B16_TOKENS - 1) / (last - first))
         times = await stream(client, prompts(self.vocab, 1, LONG, 200 + rep)[0], 1)
         self.prefill.append(LONG / times[0])
 
@@ -252,13 +259,13 @@ class LlamaCpp(Samples):
             self._decode([(token, pos, 0, True)])
             token = self._argmax(0)
             times.append(time.perf_counter() - start)
-        self.b1.append(1 / statistics.median(times))
+        self.b1.append(len(times) / sum(times))
         tokens = self._prefill(prompts(self.vocab, B16, PROMPT, 100 + rep))
-        for pos in range(PROMPT, PROMPT + B16_TOKENS):
-            start = time.perf_counter()
+        start = time.perf_counter()
+        for pos in range(PROMPT, PROMPT + B16_TOKENS - 1):
             self._decode([(t, pos, s, True) for s, t in enumerate(tokens)])
             tokens = [self._argmax(s) for s in range(B16)]
-            self.b16_steps.append(time.perf_counter() - start)
+        self.b16.append(B16 * (B16_TOKENS - 1) / (time.perf_counter() - start))
         start = time.perf_counter()
         self._prefill(prompts(self.vocab, 1, LONG, 200 + rep))
         self.prefill.append(LONG / (time.perf_counter() - start))
@@ -301,10 +308,10 @@ class Transformers(Samples):
         return times
 
     def rep(self, rep: int) -> None:
-        self.b1.append(1 / statistics.median(
-            self._decode_steps(prompts(self.vocab, 1, PROMPT, rep), DECODE)))
-        self.b16_steps += self._decode_steps(prompts(self.vocab, B16, PROMPT, 100 + rep),
-                                             B16_TOKENS)
+        times = self._decode_steps(prompts(self.vocab, 1, PROMPT, rep), DECODE)
+        self.b1.append(len(times) / sum(times))
+        times = self._decode_steps(prompts(self.vocab, B16, PROMPT, 100 + rep), B16_TOKENS - 1)
+        self.b16.append(B16 * len(times) / sum(times))
         ids = prompts(self.vocab, 1, LONG, 200 + rep)[0]
         with self.torch.inference_mode():
             start = time.perf_counter()
@@ -345,7 +352,7 @@ def report(results: dict[str, dict[str, dict[str, Any]]], cfg: Any,
         ours_gb = weight_gb(cfg, dtype)
         llama = systems.get("llama.cpp", {})
         best_prefill = max((r["prefill"] for name, r in systems.items()
-                            if name != "gemma_server"), default=None)
+                            if not name.startswith("gemma_server")), default=None)
         for name, r in systems.items():
             gb = r.get("weights_gb", ours_gb)
             b16_limit = B16 / max(gb / bandwidth, 2 * params * B16 / (PEAK_GFLOPS[dtype] * 1e9))
@@ -358,7 +365,7 @@ def report(results: dict[str, dict[str, dict[str, Any]]], cfg: Any,
                 f"{gb * r['b1'] / bandwidth:.0%} | {r['b16']:.1f} | "
                 f"{ratio('b16', llama.get('b16'))} | {r['b16'] / b16_limit:.0%} | "
                 f"{r['prefill']:.0f} | "
-                f"{ratio('prefill', best_prefill) if name == 'gemma_server' else '-'} |")
+                f"{ratio('prefill', best_prefill) if name.startswith('gemma_server') else '-'} |")
     return lines
 
 
@@ -375,6 +382,9 @@ def main() -> None:
     parser.add_argument("--bandwidth-gbs", type=float,
                         help="memory read bandwidth for the roofline (default: measured)")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--server-variant", action="append", default=[], metavar="ARGS",
+                        help="also measure a gemma_server started with these extra serve "
+                             "arguments, e.g. '--decode-steps 1' (an A/B in the same run)")
     parser.add_argument("--gguf-dir", type=Path, default=Path("/tmp/gemma_server_gguf"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -397,6 +407,9 @@ def main() -> None:
         try:
             if "gemma_server" in systems:
                 loaded["gemma_server"] = GemmaServer(checkpoint, dtype, args, vocab)
+            for i, variant in enumerate(args.server_variant, start=1):
+                loaded[f"gemma_server {variant}"] = GemmaServer(
+                    checkpoint, dtype, args, vocab, tuple(variant.split()), port_offset=i)
             if "llama.cpp" in systems:
                 gguf = convert_to_gguf(checkpoint, args.llama_cpp_source, GGUF_TYPES[dtype],
                                        args.gguf_dir)

@@ -1,12 +1,14 @@
 """The continuous-batching engine: `submit` requests, iterate their token events, `cancel`.
 
 A device loop in its own thread repeats: apply cancellations, admit waiting requests into free
-slots, run one prefill (chunks of one or more prompts within the token budget), run one decode
-step for every decoding slot, and send each request its events. A decode step's tokens are read
-in the next iteration; while only decoding goes on, that iteration first launches the next step
-on them (still on the device), so the host's work overlaps the device's. When there is nothing
-to do it sleeps on a condition variable until `submit` or `cancel` wakes it. A failing step
-fails the requests in it; the loop goes on serving the others.
+slots, run one prefill (chunks of one or more prompts within the token budget), launch decoding
+for every decoding slot, and send each request its events. A decode call runs one step, or up
+to `decode_steps` while no request waits for a slot or a prefill (the host's work per call is
+then paid once per several tokens). Its tokens are read in the next iteration; while only
+decoding goes on, that iteration first launches the next call on them (still on the device),
+so the host's work overlaps the device's. When there is nothing to do it sleeps on a condition
+variable until `submit` or `cancel` wakes it. A failing step fails the requests in it; the loop
+goes on serving the others.
 """
 
 from __future__ import annotations
@@ -188,14 +190,14 @@ class Engine:
                     self._apply_cancellations()
                     admitted = list(self.scheduler.admit())
                     plan = self.scheduler.plan_prefill()
-                    ahead = self._next_positions() if unchanged and not admitted and \
+                    ahead = self._next_call() if unchanged and not admitted and \
                         plan is None else None
                 now = time.perf_counter()
                 for item in admitted:
                     _channel(item.sink).admitted_at = now
                 with self._device:
                     if ahead is not None:
-                        self._decode_ahead(ahead)
+                        self._decode_ahead(*ahead)
                         continue
                     self._finish_decode()
                     for item in admitted:
@@ -296,14 +298,31 @@ class Engine:
         for j, choice in enumerate(others):
             self._accept(admitted, choice, forked, j)
 
-    # A decode step is launched, then read in the next iteration: while nothing but decoding
-    # goes on (no admission, prefill or cancellation), that iteration first launches step
-    # N+1 on the tokens step N drew, still on the device, and only then reads step N's, so
-    # the host's work on them (events, stop checks, SSE) runs while the device computes.
-    # A choice that step N ends has then one token too many computed: it is dropped.
+    # A decode call is launched, then read in the next iteration: while nothing but decoding
+    # goes on (no admission, prefill or cancellation), that iteration first launches call
+    # N+1 on the tokens call N drew last, still on the device, and only then reads call N's,
+    # so the host's work on them (events, stop checks, SSE) runs while the device computes.
+    # A choice that call N ends by a stop token has then a few tokens too many computed (the
+    # rest of call N's steps and call N+1's): they are dropped.
+
+    def _steps_per_call(self) -> int:
+        """Several decode steps per call only while nobody waits: a request waiting for a
+        slot or a prefill would otherwise wait for the whole call."""
+        s = self.scheduler
+        return 1 if s.waiting or s.prefilling else self.config.decode_steps
+
+    def _budgets(self, live: list[tuple[int, Admitted, Choice]], generated: dict[int, int]
+                 ) -> np.ndarray:
+        """Steps each slot runs in the next call: up to the steps per call, within its
+        request's token limit (`generated[slot]`: its tokens counted by then)."""
+        budgets = np.zeros(self.executor.slots, np.int32)
+        most = self._steps_per_call()
+        for slot, admitted, _ in live:
+            budgets[slot] = max(0, min(most, admitted.request.max_new_tokens - generated[slot]))
+        return budgets
 
     def _launch_decode(self) -> None:
-        """Launch a step over every decoding slot, its tokens from the host."""
+        """Launch a call over every decoding slot, its tokens from the host."""
         n = self.executor.slots
         tokens = np.zeros(n, np.int32)
         positions = np.full(n, -1, np.int32)
@@ -311,45 +330,50 @@ class Engine:
                 for slot, (admitted, choice) in self.scheduler.decoding.items()]
         for slot, _, choice in live:
             tokens[slot], positions[slot] = choice.last_token, choice.position
+        budgets = self._budgets(live, {slot: c.generated for slot, _, c in live})
         try:
-            launch = self.executor.launch_decode(tokens, positions)
+            launch = self.executor.launch_decode(tokens, positions, budgets)
         except Exception as exc:
             self._step_failed(_requests(live), exc)
             return
-        self._in_flight = _InFlight(live, positions, launch)
+        self._in_flight = _InFlight(live, positions, budgets, launch)
 
-    def _next_positions(self) -> np.ndarray | None:
-        """Positions of the step after the one in flight, when it can be launched on that
-        step's tokens: the same slots decode (those this step ends by length sit out), with
-        the same compiled row count. None otherwise."""
+    def _next_call(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Positions and budgets of the call after the one in flight, when it can be launched
+        on that call's last tokens: the same slots decode (those this call ends by length sit
+        out, as do those it runs fewer steps than the others), with the same compiled row
+        count. None otherwise."""
         step = self._in_flight
         if step is None or [s for s, _, _ in step.live] != list(self.scheduler.decoding):
             return None
-        positions = np.where(step.positions >= 0, step.positions + 1, -1).astype(np.int32)
-        for slot, admitted, choice in step.live:
-            if choice.generated + 1 >= admitted.request.max_new_tokens:
-                positions[slot] = -1
+        count = step.launch.count
+        positions = np.full(self.executor.slots, -1, np.int32)
+        going = [(slot, a, c) for slot, a, c in step.live if step.budgets[slot] == count]
+        for slot, _, _ in going:
+            positions[slot] = step.positions[slot] + count
+        budgets = self._budgets(going, {slot: c.generated + count for slot, _, c in going})
+        positions[budgets == 0] = -1
         if positions.max() < 0 or \
                 self.executor.decode_rows(positions) != self.executor.decode_rows(step.positions):
             return None
-        return positions
+        return positions, budgets
 
-    def _decode_ahead(self, positions: np.ndarray) -> None:
-        """Launch the next step on the in-flight one's tokens, then hand those out."""
+    def _decode_ahead(self, positions: np.ndarray, budgets: np.ndarray) -> None:
+        """Launch the next call on the in-flight one's last tokens, then hand those out."""
         step = self._in_flight
         assert step is not None
         live = [(slot, a, c) for slot, a, c in step.live if positions[slot] >= 0]
         try:
-            launch = self.executor.launch_decode(None, positions)
+            launch = self.executor.launch_decode(None, positions, budgets)
         except Exception as exc:
             self._finish_decode()
             self._step_failed(_requests(live), exc)
             return
-        self._in_flight = _InFlight(live, positions, launch)
+        self._in_flight = _InFlight(live, positions, budgets, launch)
         self._hand_out(step)
 
     def _finish_decode(self) -> None:
-        """Read the step in flight, if any, and hand its tokens out."""
+        """Read the call in flight, if any, and hand its tokens out."""
         step, self._in_flight = self._in_flight, None
         if step is not None:
             self._hand_out(step)
@@ -358,14 +382,16 @@ class Engine:
         try:
             drawn = step.launch.result()
         except Exception as exc:
-            self._in_flight = None  # a later step was launched on this one's failed outputs
+            self._in_flight = None  # a later call was launched on this one's failed outputs
             self._step_failed(_requests(step.live), exc)
             return
-        self.steps["decode"] += 1
-        for slot, admitted, choice in step.live:
-            if not choice.done:
-                choice.position += 1
-                self._accept(admitted, choice, drawn, slot)
+        self.steps["decode"] += step.launch.count
+        for i in range(step.launch.count):
+            row = {name: value[i] for name, value in drawn.items()}
+            for slot, admitted, choice in step.live:
+                if not choice.done and i < step.budgets[slot]:
+                    choice.position += 1
+                    self._accept(admitted, choice, row, slot)
 
     def _accept(self, admitted: Admitted, choice: Choice, drawn: dict[str, np.ndarray],
                 row: int) -> None:
@@ -420,10 +446,12 @@ class Engine:
 
 @dataclasses.dataclass
 class _InFlight:
-    """A launched decode step: its (slot, request, choice) rows and the positions it ran."""
+    """A launched decode call: its (slot, request, choice) rows, the positions its first step
+    ran at and the steps each slot runs."""
 
     live: list[tuple[int, Admitted, Choice]]
     positions: np.ndarray
+    budgets: np.ndarray
     launch: DecodeLaunch
 
 

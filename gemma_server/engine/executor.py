@@ -58,6 +58,14 @@ def full_forward(
     return logits
 
 
+# XLA's loop-invariant code motion hoists out of the multi-step decode loop what the steps
+# compute from the weights alone, and materializes it once per call: on CPU, where a bfloat16
+# gather is done in float32, the whole embedding table converted (131 MB at vocab 32000; a
+# one-step call took 75 ms instead of 18). In one step those conversions fuse into the
+# gather (one row), so the loop keeps them inside.
+_DECODE_LOOP_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+
+
 def _abstract(tree: Any) -> Any:
     """Shapes, dtypes and (for arrays placed on a mesh) shardings of a tree's leaves."""
     def spec(a: Any) -> jax.ShapeDtypeStruct:
@@ -144,7 +152,9 @@ class Executor:
         i32, m, spec = jnp.int32, self.slots, self._spec
         kw: dict[str, Any] = {"cfg": self.cfg, "vocab_limit": self.vocab_limit}
         cache_and_state = ("cache", "state")
-        decode = {n: self._jit(partial(steps.decode, attend_len=n, **kw), cache_and_state, "rcr")
+        decode = {n: self._jit(partial(steps.decode_block, attend_len=n,
+                                       max_steps=self.config.decode_steps, **kw),
+                               cache_and_state, "rrcr")
                   for n in self.attention_buckets}
         prefill = self._jit(partial(steps.prefill, **kw), cache_and_state, "rrcr")
         fork = self._jit(partial(steps.fork, vocab_limit=self.vocab_limit), cache_and_state,
@@ -155,8 +165,9 @@ class Executor:
         with tracing:
             lowered: dict[Any, Any] = {
                 "insert": self._jit(steps.insert, ("state",), "r").lower(s, spec((), i32), row),
-                **{("decode", rows, n): decode[n].lower(p, c, s, lo, spec((rows,), i32),
-                                                        spec((rows,), i32))
+                **{("decode", rows, n): decode[n].lower(
+                    p, c, s, lo, spec((rows,), i32), spec((rows,), i32), spec((rows,), i32),
+                    spec((), i32))
                    for rows, n in self.decode_shapes()},
                 "fork": fork.lower(c, s, spec((), i32), spec((m,), i32),
                                    spec((self.cfg.vocab_size,), jnp.float32)),
@@ -176,7 +187,8 @@ class Executor:
         for done, (key, low) in enumerate(lowered.items()):
             if progress:
                 progress(done, len(lowered), str(key))
-            compiled[key] = low.compile()
+            options = _DECODE_LOOP_OPTIONS if key[0] == "decode" else None
+            compiled[key] = low.compile(compiler_options=options)
         if progress:
             progress(len(lowered), len(lowered), "")
         del lowered
@@ -318,17 +330,26 @@ class Executor:
         return next(r for r in self.config.slot_buckets(self.min_decode_rows)
                     if r > active.max())
 
-    def launch_decode(self, tokens: np.ndarray | None, positions: np.ndarray) -> DecodeLaunch:
-        """Start one step over the fewest leading slots that hold every active one, attending
+    def launch_decode(self, tokens: np.ndarray | None, positions: np.ndarray,
+                      budgets: np.ndarray | None = None) -> DecodeLaunch:
+        """Start decoding over the fewest leading slots that hold every active one, attending
         over the shortest cache prefix that holds every position (both from compiled
         buckets), without waiting for it.
 
-        `tokens=None` feeds back the tokens the previous decode step drew, still on the
-        device: the engine then launches step N+1 before it reads step N's tokens, so the
-        host's work on them overlaps the device's (the previous step must have had the same
+        `budgets[s]`: how many steps slot s runs in this call (1 to `config.decode_steps`;
+        default 1): the call runs as many steps as the largest, each fed the last one's
+        tokens. `tokens=None` feeds back the tokens the previous call drew last, still on the
+        device: the engine then launches call N+1 before it reads call N's tokens, so the
+        host's work on them overlaps the device's (the previous call must have had the same
         row count, see `decode_rows`)."""
         rows = self.decode_rows(positions)
-        needed = int(positions.max()) + 1
+        if budgets is None:
+            budgets = np.where(positions >= 0, 1, 0).astype(np.int32)
+        count = int(budgets.max())
+        if not 1 <= count <= self.config.decode_steps:
+            raise ValueError(f"a decode call runs 1 to {self.config.decode_steps} steps, "
+                             f"not {count}")
+        needed = int(np.max(np.where(positions >= 0, positions + budgets, 0)))
         length = next(n for n in self.attention_buckets if n >= needed)
         if tokens is None:
             if self._drawn is None or self._drawn.shape[0] != rows:
@@ -338,9 +359,9 @@ class Executor:
         else:
             fed = tokens[:rows]
         self._drawn = None  # consumed, or about to be replaced
-        drawn = self._apply("decode", (rows, length), (fed, positions[:rows]))
-        self._drawn = drawn.tokens
-        return DecodeLaunch(self, drawn)
+        drawn, self._drawn = self._apply("decode", (rows, length), (
+            fed, positions[:rows], budgets[:rows].astype(np.int32), np.int32(count)))
+        return DecodeLaunch(self, drawn, count)
 
     def step_failed_on_device(self) -> None:
         """A launched step failed while it ran: the cache and state it produced are unusable
@@ -361,9 +382,9 @@ class Executor:
         if op != "decode":
             self._drawn = None  # only a decode's own successor may feed its tokens back
         if op == "decode":
-            drawn, self.cache, self.state = self._decode[key](
+            drawn, last, self.cache, self.state = self._decode[key](
                 self.params, self.cache, self.state, self.lora, *args)
-            return drawn
+            return drawn, last
         if op == "prefill":
             drawn, logits, self.cache, self.state = self._prefill[key](
                 self.params, self.cache, self.state, self.lora, *args)
@@ -400,18 +421,20 @@ class Executor:
 
 
 class DecodeLaunch:
-    """A decode step that was launched (JAX dispatches asynchronously) and not yet read."""
+    """A decode call that was launched (JAX dispatches asynchronously) and not yet read."""
 
-    def __init__(self, executor: Executor, drawn: Sampled):
-        self._executor, self._drawn = executor, drawn
+    def __init__(self, executor: Executor, drawn: Sampled, count: int):
+        self._executor, self._drawn, self.count = executor, drawn, count
 
     def result(self) -> dict[str, np.ndarray]:
-        """The step's draw on the host; waits for the step to finish."""
+        """The call's draws on the host, each [count, rows, ...] (step-major); waits for the
+        call to finish."""
         try:
-            return _to_host(self._drawn)
+            host = _to_host(self._drawn)
         except Exception:
             self._executor.step_failed_on_device()
             raise
+        return {name: value[:self.count] for name, value in host.items()}
 
 
 def _local(x: jax.Array) -> np.ndarray:

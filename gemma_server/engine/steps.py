@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gemma_server.datatypes import MAX_LOGIT_BIAS
+from gemma_server.datatypes import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS
 from gemma_server.engine.sampling import Sampled, SamplingRows, record, sample
 from gemma_server.model.cache import KVCache
 from gemma_server.model.config import GemmaConfig
@@ -152,3 +152,43 @@ def decode(
     assert new_cache is not None
     drawn = sample(logits, rows, vocab_limit)
     return drawn, new_cache, state
+
+
+def decode_block(
+    params: Params, cache: KVCache, state: SamplingRows,
+    lora: tuple[LayerStacks, ...] | None,
+    tokens: jax.Array,  # [S] each slot's last token
+    positions: jax.Array,  # [S] its position; -1 for an inactive slot
+    budgets: jax.Array,  # [S] how many of the steps each slot runs (0 for an inactive one)
+    count: jax.Array,  # [] steps to run, 1 <= count <= max_steps (at least every budget)
+    cfg: GemmaConfig, vocab_limit: int, max_steps: int, attend_len: int | None = None,
+) -> tuple[Sampled, jax.Array, KVCache, SamplingRows]:
+    """Up to `max_steps` decode steps in one call, each fed the tokens the previous one drew.
+
+    Why: every call costs the host a dispatch, a read-back and a hand-out of tokens, and on a
+    CPU that host work runs on the cores the step needs. A slot runs its first `budgets[s]`
+    steps and sits out the rest (its requests' token limit falls inside the block); stop
+    tokens are the host's business: it drops what a slot drew after one.
+
+    Returns the draws stacked [max_steps, S, ...] (rows past `count` are zeros), the tokens the
+    last step drew (to feed the next call), the cache and the state.
+    """
+    rows = tokens.shape[0]
+    out = Sampled(
+        tokens=jnp.zeros((max_steps, rows), jnp.int32),
+        logprob=jnp.zeros((max_steps, rows), jnp.float32),
+        top_ids=jnp.zeros((max_steps, rows, MAX_TOP_LOGPROBS), jnp.int32),
+        top_logprobs=jnp.zeros((max_steps, rows, MAX_TOP_LOGPROBS), jnp.float32),
+    )
+
+    def step(i: jax.Array, carry: tuple[KVCache, SamplingRows, jax.Array, Sampled]
+             ) -> tuple[KVCache, SamplingRows, jax.Array, Sampled]:
+        cache, state, fed, out = carry
+        at = jnp.where((positions >= 0) & (i < budgets), positions + i, -1)
+        drawn, cache, state = decode(params, cache, state, lora, fed, at, cfg, vocab_limit,
+                                     attend_len)
+        out = jax.tree_util.tree_map(lambda o, d: o.at[i].set(d.astype(o.dtype)), out, drawn)
+        return cache, state, drawn.tokens, out
+
+    cache, state, last, out = jax.lax.fori_loop(0, count, step, (cache, state, tokens, out))
+    return out, last, cache, state

@@ -30,6 +30,11 @@ def moved(before: dict, after: dict, name: str, **labels: str) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
+def _steps(tokens: object, positions: object, budgets: object = None) -> int:
+    """Decode steps a `launch_decode` call runs."""
+    return 1 if budgets is None else int(budgets.max())  # type: ignore[attr-defined]
+
+
 def chat(http: httpx.Client, stream: bool = False, model: str = MODEL, **extra: object) -> dict:
     body = {"model": model, "messages": [{"role": "user", "content": "Tell me a story"}],
             "max_tokens": 6, "ignore_eos": True, **extra}
@@ -89,7 +94,7 @@ def test_gauges_show_a_running_stream(server, service, http, monkeypatch):
     # 10 ms a step: the stream outlasts several scrapes however fast the engine is.
     launch = service.engine.executor.launch_decode
     monkeypatch.setattr(service.engine.executor, "launch_decode",
-                        lambda *args: (time.sleep(0.01), launch(*args))[1])
+                        lambda *args: (time.sleep(0.01 * _steps(*args)), launch(*args))[1])
     seen: list[dict] = []
     done = threading.Event()
 

@@ -53,9 +53,9 @@ def slow_decode(service, monkeypatch):
     executor = service.engine.executor
     fast = executor.launch_decode
 
-    def launch_decode(tokens, positions):
-        time.sleep(0.04)
-        return fast(tokens, positions)
+    def launch_decode(tokens, positions, budgets=None):
+        time.sleep(0.04 * (1 if budgets is None else int(budgets.max())))
+        return fast(tokens, positions, budgets)
 
     monkeypatch.setattr(executor, "launch_decode", launch_decode)
 

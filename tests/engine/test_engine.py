@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 
 import numpy as np
@@ -253,23 +254,25 @@ def test_a_failing_device_step_fails_its_requests_and_the_engine_goes_on(engine,
 
 
 def test_decode_runs_ahead_on_the_tokens_still_on_the_device(engine, monkeypatch):
-    """While nothing but decoding goes on, step N+1 is launched on step N's tokens before the
-    host reads them; a request that ends by length costs no step past its last token."""
-    launches: list[bool] = []
+    """While nothing but decoding goes on, call N+1 is launched on call N's last tokens before
+    the host reads them; each call runs up to `decode_steps` steps, and a request that ends by
+    length costs no step past its last token."""
+    launches: list[tuple[bool, int]] = []
     real = engine.executor.launch_decode
 
-    def watched(tokens, positions):
-        launches.append(tokens is None)
-        return real(tokens, positions)
+    def watched(tokens, positions, budgets=None):
+        launches.append((tokens is None, int(budgets.max())))
+        return real(tokens, positions, budgets)
 
     monkeypatch.setattr(engine.executor, "launch_decode", watched)
     gold = golden(NAME)
     tokens, _, finishes = run(collect(engine, request(prompts()[1], max_new=10)))
     assert tokens[0] == gold["greedy_1"].tolist()
     assert finishes == [FinishEvent(0, "length", len(prompts()[1]), 10)]
-    # The first token comes from the prefill, nine from decode steps: one launched on the
-    # host's tokens, the other eight on the device's.
-    assert launches == [False] + [True] * 8
+    # The first token comes from the prefill, nine from decode steps: 4 in a call launched on
+    # the host's tokens, then 4 and 1 in calls launched on the device's.
+    assert CONFIG.decode_steps == 4
+    assert launches == [(False, 4), (True, 4), (True, 1)]
 
 
 def test_a_step_run_ahead_past_a_stop_is_dropped_and_the_slot_reused(engine):
@@ -307,11 +310,42 @@ def test_a_step_failing_on_the_device_fails_its_requests_and_the_engine_recovers
     monkeypatch.setattr(engine.executor, "reset", lambda: (resets.append(1), reset()))
     tokens, _, finishes = run(collect(engine, request(prompts()[2], max_new=20)))
     assert finishes[0].reason == "error" and "device fault" in finishes[0].error
-    assert len(tokens[0]) == 3  # the prefill's token and two steps before the fault
+    # the prefill's token and two calls of 4 steps before the fault
+    assert len(tokens[0]) == 1 + 2 * CONFIG.decode_steps
     assert resets == [1]
     tokens, _, finishes = run(collect(engine, request(prompts()[2])))
     assert finishes[0].reason == "length" and tokens[0] == golden(NAME)["greedy_2"].tolist()
     assert not engine.executor.state_lost()
+
+
+def test_tokens_do_not_depend_on_the_steps_a_decode_call_runs(tiny_model, engine):
+    """One step per call or four: the same greedy tokens (transformers' goldens), the same
+    seeded samples with penalties, and a stop token inside a call ends the choice there."""
+    model = tiny_model(NAME)
+    single = Engine(model.params, model.config,
+                    dataclasses.replace(CONFIG, decode_steps=1, max_batch_size=4))
+    single.start()
+    try:
+        gold = golden(NAME)
+        greedy = gold["greedy_2"].tolist()
+        at = next(i for i, t in enumerate(greedy) if i >= 5 and greedy.index(t) == i)
+        for eng in (engine, single):
+            for i, prompt in enumerate(prompts()):
+                tokens, _, _ = run(collect(eng, request(prompt)))
+                assert tokens[0] == gold[f"greedy_{i}"].tolist()
+            tokens, _, finishes = run(collect(eng, request(prompts()[2],
+                                                           stop=(greedy[at],))))
+            assert tokens[0] == greedy[:at]
+            assert finishes[0].reason == "stop" and finishes[0].completion_tokens == at + 1
+
+        def sampled(eng):
+            req = request(prompts()[1], max_new=23, n=2, temperature=0.9, top_p=0.95,
+                          seed=7, frequency_penalty=0.5)
+            return run(collect(eng, req))[0]
+
+        assert sampled(engine) == sampled(single)
+    finally:
+        single.stop()
 
 
 def test_penalties_count_every_generated_token_from_the_first(engine):

@@ -30,9 +30,9 @@ SLOW_ENGINE = """
 import sys, time
 from gemma_server.engine.executor import Executor
 fast = Executor.launch_decode
-def launch_decode(self, tokens, positions):
-    time.sleep(0.03)
-    return fast(self, tokens, positions)
+def launch_decode(self, tokens, positions, budgets=None):
+    time.sleep(0.03 * (1 if budgets is None else int(budgets.max())))  # 30 ms a step
+    return fast(self, tokens, positions, budgets)
 Executor.launch_decode = launch_decode
 from gemma_server.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -45,7 +45,7 @@ import sys
 from gemma_server.engine.executor import Executor
 class LoopBug(BaseException):
     pass
-def launch_decode(self, tokens, positions):
+def launch_decode(self, *args):
     raise LoopBug("simulated bug in the engine loop")
 Executor.launch_decode = launch_decode
 from gemma_server.cli import main
