@@ -8,7 +8,10 @@
 Prompts are random words (seeded); their token counts come back in the usage chunk
 (`stream_options.include_usage`). Reported: TTFT, time per output token (TPOT), inter-token
 latency (ITL) and end-to-end latency at p50/p90/p99, request and token throughput, errors.
-`--json FILE` writes every number.
+`--json FILE` writes every number. A server that hands out several tokens at once
+(gemma_server's `--decode-steps`, vLLM's multi-step scheduling) shows near-zero ITL inside a
+burst and one step's worth between bursts; TPOT, (last - first token time) / (tokens - 1),
+is the per-token rate either way.
 """
 
 from __future__ import annotations
