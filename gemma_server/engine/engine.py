@@ -14,7 +14,6 @@ goes on serving the others.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import secrets
 import threading
@@ -27,8 +26,10 @@ from jax.sharding import Mesh
 
 from gemma_server.config import EngineConfig
 from gemma_server.datatypes import FinishEvent, FinishReason, GenerationRequest, TokenEvent
+from gemma_server.engine import decode_calls
 from gemma_server.engine.channel import Channel, RequestStream
-from gemma_server.engine.executor import DecodeLaunch, Executor
+from gemma_server.engine.decode_calls import InFlight
+from gemma_server.engine.executor import Executor
 from gemma_server.engine.scheduler import Admitted, Choice, PrefillPlan, Scheduler
 from gemma_server.errors import EngineFailure, InvalidRequest, ModelNotFound
 from gemma_server.lora import AdapterRegistry, LoraAdapter
@@ -55,7 +56,7 @@ class Engine:
         self._stopping = False
         self.steps = {"prefill": 0, "decode": 0}
         self.failure: BaseException | None = None
-        self._in_flight: _InFlight | None = None  # a launched decode step not yet read
+        self._in_flight: InFlight | None = None  # a launched decode step not yet read
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -311,16 +312,6 @@ class Engine:
         s = self.scheduler
         return 1 if s.waiting or s.prefilling else self.config.decode_steps
 
-    def _budgets(self, live: list[tuple[int, Admitted, Choice]], generated: dict[int, int]
-                 ) -> np.ndarray:
-        """Steps each slot runs in the next call: up to the steps per call, within its
-        request's token limit (`generated[slot]`: its tokens counted by then)."""
-        budgets = np.zeros(self.executor.slots, np.int32)
-        most = self._steps_per_call()
-        for slot, admitted, _ in live:
-            budgets[slot] = max(0, min(most, admitted.request.max_new_tokens - generated[slot]))
-        return budgets
-
     def _launch_decode(self) -> None:
         """Launch a call over every decoding slot, its tokens from the host."""
         n = self.executor.slots
@@ -330,33 +321,23 @@ class Engine:
                 for slot, (admitted, choice) in self.scheduler.decoding.items()]
         for slot, _, choice in live:
             tokens[slot], positions[slot] = choice.last_token, choice.position
-        budgets = self._budgets(live, {slot: c.generated for slot, _, c in live})
+        budgets = decode_calls.budgets(n, live, {slot: c.generated for slot, _, c in live},
+                                       self._steps_per_call())
         try:
             launch = self.executor.launch_decode(tokens, positions, budgets)
         except Exception as exc:
             self._step_failed(_requests(live), exc)
             return
-        self._in_flight = _InFlight(live, positions, budgets, launch)
+        self._in_flight = InFlight(live, positions, budgets, launch)
 
     def _next_call(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """Positions and budgets of the call after the one in flight, when it can be launched
-        on that call's last tokens: the same slots decode (those this call ends by length sit
-        out, as do those it runs fewer steps than the others), with the same compiled row
-        count. None otherwise."""
-        step = self._in_flight
-        if step is None or [s for s, _, _ in step.live] != list(self.scheduler.decoding):
+        """Positions and budgets of a call to launch on the in-flight one's last tokens, or
+        None (see decode_calls.next_call)."""
+        if self._in_flight is None:
             return None
-        count = step.launch.count
-        positions = np.full(self.executor.slots, -1, np.int32)
-        going = [(slot, a, c) for slot, a, c in step.live if step.budgets[slot] == count]
-        for slot, _, _ in going:
-            positions[slot] = step.positions[slot] + count
-        budgets = self._budgets(going, {slot: c.generated + count for slot, _, c in going})
-        positions[budgets == 0] = -1
-        if positions.max() < 0 or \
-                self.executor.decode_rows(positions) != self.executor.decode_rows(step.positions):
-            return None
-        return positions, budgets
+        return decode_calls.next_call(self._in_flight, list(self.scheduler.decoding),
+                                      self.executor.slots, self._steps_per_call(),
+                                      self.executor.decode_rows)
 
     def _decode_ahead(self, positions: np.ndarray, budgets: np.ndarray) -> None:
         """Launch the next call on the in-flight one's last tokens, then hand those out."""
@@ -369,7 +350,7 @@ class Engine:
             self._finish_decode()
             self._step_failed(_requests(live), exc)
             return
-        self._in_flight = _InFlight(live, positions, budgets, launch)
+        self._in_flight = InFlight(live, positions, budgets, launch)
         self._hand_out(step)
 
     def _finish_decode(self) -> None:
@@ -378,7 +359,7 @@ class Engine:
         if step is not None:
             self._hand_out(step)
 
-    def _hand_out(self, step: _InFlight) -> None:
+    def _hand_out(self, step: InFlight) -> None:
         try:
             drawn = step.launch.result()
         except Exception as exc:
@@ -442,17 +423,6 @@ class Engine:
         for i, generated in open_choices:
             _send(admitted.sink, FinishEvent(i, "error", admitted.prompt_len, generated,
                                              error=message))
-
-
-@dataclasses.dataclass
-class _InFlight:
-    """A launched decode call: its (slot, request, choice) rows, the positions its first step
-    ran at and the steps each slot runs."""
-
-    live: list[tuple[int, Admitted, Choice]]
-    positions: np.ndarray
-    budgets: np.ndarray
-    launch: DecodeLaunch
 
 
 def _requests(live: list[tuple[int, Admitted, Choice]]) -> list[Admitted]:

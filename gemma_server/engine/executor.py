@@ -331,20 +331,18 @@ class Executor:
                     if r > active.max())
 
     def launch_decode(self, tokens: np.ndarray | None, positions: np.ndarray,
-                      budgets: np.ndarray | None = None) -> DecodeLaunch:
+                      budgets: np.ndarray) -> DecodeLaunch:
         """Start decoding over the fewest leading slots that hold every active one, attending
         over the shortest cache prefix that holds every position (both from compiled
         buckets), without waiting for it.
 
-        `budgets[s]`: how many steps slot s runs in this call (1 to `config.decode_steps`;
-        default 1): the call runs as many steps as the largest, each fed the last one's
-        tokens. `tokens=None` feeds back the tokens the previous call drew last, still on the
-        device: the engine then launches call N+1 before it reads call N's tokens, so the
-        host's work on them overlaps the device's (the previous call must have had the same
-        row count, see `decode_rows`)."""
+        `budgets[s]`: how many steps slot s runs in this call (0 for an inactive slot, else 1
+        to `config.decode_steps`): the call runs as many steps as the largest, each fed the
+        last one's tokens. `tokens=None` feeds back the tokens the previous call drew last,
+        still on the device: the engine then launches call N+1 before it reads call N's
+        tokens, so the host's work on them overlaps the device's (the previous call must have
+        had the same row count, see `decode_rows`)."""
         rows = self.decode_rows(positions)
-        if budgets is None:
-            budgets = np.where(positions >= 0, 1, 0).astype(np.int32)
         count = int(budgets.max())
         if not 1 <= count <= self.config.decode_steps:
             raise ValueError(f"a decode call runs 1 to {self.config.decode_steps} steps, "
