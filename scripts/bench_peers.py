@@ -1,7 +1,7 @@
 """gemma_server beside llama.cpp and transformers on the same checkpoint, in one run.
 
     python scripts/bench_peers.py --llama-cpp-source DIR [--shape bench-150m | --checkpoint DIR]
-        [--dtypes float32,bfloat16,int8] [--systems gemma_server,llama.cpp,transformers]
+        [--dtypes float32,bfloat16,int8] [--systems gemma_server,engine,llama.cpp,transformers]
         [--threads 2] [--bandwidth-gbs 38] [--json OUT]
 
 Runs in a separate virtualenv that has the project plus the peers (never a CI dependency):
@@ -31,6 +31,10 @@ repetitions (`--reps`, default 3):
 - decode b16: 16 sequences of 64-token prompts decoding together, 32 tokens each; aggregate
   rate = 16 x 31 tokens / the time from the last stream's first token to the last token;
 - prefill 1500: time to the first token of a 1500-token prompt; rate = 1500 / that time.
+
+`--systems ...,engine` adds gemma_server's engine in this process (no HTTP, the server's
+settings), measured by the same rules in the same turns: the report then prints the HTTP/SSE
+layer's cost as "through HTTP / engine alone" ratios.
 
 Roofline: batch-1 fraction = weight bytes read per token × rate ÷ the memory read bandwidth,
 measured at the start of the run (`--threads` NumPy threads reading their part of a 1 GiB
@@ -155,8 +159,10 @@ class Samples:
         raise NotImplementedError
 
     def result(self) -> dict[str, Any]:
+        """Medians, and every repetition's figure (to judge the spread of a run)."""
         return {"b1": statistics.median(self.b1), "b16": statistics.median(self.b16),
-                "prefill": statistics.median(self.prefill)}
+                "prefill": statistics.median(self.prefill),
+                "reps": {"b1": self.b1, "b16": self.b16, "prefill": self.prefill}}
 
     def close(self) -> None:
         """Free what the system holds (a server process, a model)."""
@@ -194,6 +200,60 @@ class GemmaServer(Samples):
 
     def close(self) -> None:
         self.server.stop()
+
+
+class GemmaEngine(Samples):
+    """gemma_server's engine in this process, without HTTP: the same settings as the server
+    (`ServerSettings.engine_config`), the same token ids and the same rate rules, so that its
+    figures beside the server's are the HTTP/SSE layer's cost, measured in the same run."""
+
+    def __init__(self, checkpoint: Path, dtype: str, vocab: int):
+        super().__init__()
+        from gemma_server.engine.engine import Engine
+        from gemma_server.loading import load_model
+        from gemma_server.settings import ServerSettings
+
+        settings = ServerSettings(
+            checkpoint=str(checkpoint), max_batch_size=16, max_total_tokens=2048,
+            max_input_length=1600, dtype="bfloat16" if dtype == "int8" else dtype,
+            quantize="int8" if dtype == "int8" else None)
+        model = load_model(settings.checkpoint, settings.dtype, progress=False,
+                           quantize=settings.quantize)
+        self.engine = Engine(model.checkpoint.params, model.checkpoint.config,
+                             settings.engine_config(settings.lora_capacity(0)),
+                             vocab_limit=model.tokenizer.vocab_size)
+        self.engine.start()
+        self.vocab, self.count = vocab, 0
+        asyncio.run(self._timed(prompts(vocab, 1, PROMPT, 99)[0], 4))
+
+    async def _timed(self, prompt: list[int], max_tokens: int) -> list[float]:
+        """Arrival times of each token from submission, as `stream` times them over HTTP."""
+        from gemma_server.datatypes import GenerationRequest, SamplingParams, TokenEvent
+
+        self.count += 1
+        request = GenerationRequest(f"e{self.count}", tuple(prompt), max_tokens,
+                                    sampling=SamplingParams(temperature=0.0, ignore_eos=True))
+        start, times = time.perf_counter(), []
+        async for event in self.engine.submit(request):
+            if isinstance(event, TokenEvent):
+                times.append(time.perf_counter() - start)
+        return times
+
+    def rep(self, rep: int) -> None:
+        asyncio.run(self._rep(rep))
+
+    async def _rep(self, rep: int) -> None:
+        times = await self._timed(prompts(self.vocab, 1, PROMPT, rep)[0], DECODE)
+        self.b1.append((len(times) - 1) / (times[-1] - times[0]))
+        runs = await asyncio.gather(*(self._timed(p, B16_TOKENS)
+                                      for p in prompts(self.vocab, B16, PROMPT, 100 + rep)))
+        first, last = max(t[0] for t in runs), max(t[-1] for t in runs)
+        self.b16.append(B16 * (B16_TOKENS - 1) / (last - first))
+        times = await self._timed(prompts(self.vocab, 1, LONG, 200 + rep)[0], 1)
+        self.prefill.append(LONG / times[0])
+
+    def close(self) -> None:
+        self.engine.stop()
 
 
 # --- llama.cpp, through its C API (llama-cpp-python bindings) ---
@@ -366,6 +426,11 @@ def report(results: dict[str, dict[str, dict[str, Any]]], cfg: Any,
                 f"{ratio('b16', llama.get('b16'))} | {r['b16'] / b16_limit:.0%} | "
                 f"{r['prefill']:.0f} | "
                 f"{ratio('prefill', best_prefill) if name.startswith('gemma_server') else '-'} |")
+    for dtype, systems in results.items():
+        http, engine = systems.get("gemma_server"), systems.get("gemma_server engine")
+        if http and engine:
+            lines.append(f"{dtype}: through HTTP / engine alone: " + ", ".join(
+                f"{key} {http[key] / engine[key]:.0%}" for key in ("b1", "b16", "prefill")))
     return lines
 
 
@@ -376,7 +441,9 @@ def main() -> None:
     parser.add_argument("--llama-cpp-source", type=Path,
                         help="llama.cpp source tree holding convert_hf_to_gguf.py")
     parser.add_argument("--dtypes", default="float32,bfloat16,int8")
-    parser.add_argument("--systems", default="gemma_server,llama.cpp,transformers")
+    parser.add_argument("--systems", default="gemma_server,llama.cpp,transformers",
+                        help="any of gemma_server (through HTTP), engine (gemma_server's "
+                             "engine in this process, no HTTP), llama.cpp, transformers")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--bandwidth-gbs", type=float,
@@ -407,6 +474,8 @@ def main() -> None:
         try:
             if "gemma_server" in systems:
                 loaded["gemma_server"] = GemmaServer(checkpoint, dtype, args, vocab)
+            if "engine" in systems:
+                loaded["gemma_server engine"] = GemmaEngine(checkpoint, dtype, vocab)
             for i, variant in enumerate(args.server_variant, start=1):
                 loaded[f"gemma_server {variant}"] = GemmaServer(
                     checkpoint, dtype, args, vocab, tuple(variant.split()), port_offset=i)
