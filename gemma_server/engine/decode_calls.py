@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from gemma_server.engine.executor import DecodeLaunch
+from gemma_server.engine.device_results import DecodeLaunch
 from gemma_server.engine.scheduler import Admitted, Choice
 
 Row = tuple[int, Admitted, Choice]  # (slot, request, choice)

@@ -25,8 +25,8 @@ from jax import Array, Device
 from jax.sharding import Mesh
 
 from gemma_server.config import EngineConfig
-from gemma_server.datatypes import FinishEvent, FinishReason, GenerationRequest, TokenEvent
-from gemma_server.engine import decode_calls
+from gemma_server.datatypes import FinishEvent, FinishReason, GenerationRequest
+from gemma_server.engine import decode_calls, events
 from gemma_server.engine.channel import Channel, RequestStream
 from gemma_server.engine.decode_calls import InFlight
 from gemma_server.engine.executor import Executor
@@ -161,7 +161,7 @@ class Engine:
 
             def fail_waiting(request: GenerationRequest, sink: object) -> None:
                 for i in range(request.n):
-                    _send(sink, FinishEvent(i, "error", len(request.prompt_ids), 0,
+                    events.send(sink, FinishEvent(i, "error", len(request.prompt_ids), 0,
                                             error=message))
 
             for request in waiting:
@@ -195,7 +195,7 @@ class Engine:
                         plan is None else None
                 now = time.perf_counter()
                 for item in admitted:
-                    _channel(item.sink).admitted_at = now
+                    events.channel(item.sink).admitted_at = now
                 with self._device:
                     if ahead is not None:
                         self._decode_ahead(*ahead)
@@ -217,17 +217,17 @@ class Engine:
     def _apply_cancellations(self) -> None:
         def finish_waiting(request: GenerationRequest, sink: object) -> None:
             for i in range(request.n):
-                _send(sink, FinishEvent(i, "cancelled", len(request.prompt_ids), 0))
+                events.send(sink, FinishEvent(i, "cancelled", len(request.prompt_ids), 0))
 
         for request_id, index in self._cancelled:
             if index is not None and self._cancel_choice(request_id, index):
                 continue
             holder = self.scheduler.by_id.get(request_id)
-            open_choices = _open_choices(holder) if holder is not None else []
+            open_choices = events.open_choices(holder) if holder is not None else []
             admitted = self.scheduler.remove(request_id, finish_waiting)
             if admitted is not None:
                 for i, generated in open_choices:
-                    _send(admitted.sink, FinishEvent(i, "cancelled", admitted.prompt_len,
+                    events.send(admitted.sink, FinishEvent(i, "cancelled", admitted.prompt_len,
                                                      generated))
         self._cancelled.clear()
 
@@ -239,7 +239,7 @@ class Engine:
         choice = admitted.choices[index]
         if not choice.done:
             self.scheduler.finish_choice(admitted, choice)
-            _send(admitted.sink, FinishEvent(index, "cancelled", admitted.prompt_len,
+            events.send(admitted.sink, FinishEvent(index, "cancelled", admitted.prompt_len,
                                              choice.generated))
         return True
 
@@ -252,21 +252,8 @@ class Engine:
                                  top_logprobs=bool(admitted.request.logprobs))
 
     def _prefill(self, plan: PrefillPlan) -> None:
-        rows, bucket, slots_count = plan.rows, plan.bucket, self.executor.slots
-        slots = np.full(rows, slots_count, np.int32)
-        tokens = np.zeros((rows, bucket), np.int32)
-        positions = np.full((rows, bucket), -1, np.int32)
-        last = np.zeros(rows, np.int32)
-        final = np.zeros(rows, np.bool_)
-        for r, chunk in enumerate(plan.chunks):
-            prompt = chunk.admitted.request.prompt_ids
-            slots[r] = chunk.admitted.slots[0]
-            tokens[r, :chunk.length] = prompt[chunk.start:chunk.start + chunk.length]
-            positions[r, :chunk.length] = np.arange(chunk.start, chunk.start + chunk.length)
-            last[r] = chunk.length - 1
-            final[r] = chunk.final
         try:
-            drawn, logits = self.executor.prefill(slots, tokens, positions, last, final)
+            drawn, logits = self.executor.prefill(*plan.inputs(self.executor.slots))
         except Exception as exc:
             self._step_failed([c.admitted for c in plan.chunks], exc)
             return
@@ -326,7 +313,7 @@ class Engine:
         try:
             launch = self.executor.launch_decode(tokens, positions, budgets)
         except Exception as exc:
-            self._step_failed(_requests(live), exc)
+            self._step_failed(events.requests_of(live), exc)
             return
         self._in_flight = InFlight(live, positions, budgets, launch)
 
@@ -348,7 +335,7 @@ class Engine:
             launch = self.executor.launch_decode(None, positions, budgets)
         except Exception as exc:
             self._finish_decode()
-            self._step_failed(_requests(live), exc)
+            self._step_failed(events.requests_of(live), exc)
             return
         self._in_flight = InFlight(live, positions, budgets, launch)
         self._hand_out(step)
@@ -364,7 +351,7 @@ class Engine:
             drawn = step.launch.result()
         except Exception as exc:
             self._in_flight = None  # a later call was launched on this one's failed outputs
-            self._step_failed(_requests(step.live), exc)
+            self._step_failed(events.requests_of(step.live), exc)
             return
         self.steps["decode"] += step.launch.count
         for i in range(step.launch.count):
@@ -394,13 +381,13 @@ class Engine:
         if token in request.stop_ids and not request.sampling.ignore_eos:
             reason = "stop"
         else:
-            _send(admitted.sink, _token_event(request, choice.index, token, drawn, row))
+            events.send(admitted.sink, events.token_event(request, choice.index, token, drawn, row))
             if choice.generated >= request.max_new_tokens:
                 reason = "length"
         if reason is not None:
             with self._cond:
                 self.scheduler.finish_choice(admitted, choice)
-            _send(admitted.sink, FinishEvent(choice.index, reason, admitted.prompt_len,
+            events.send(admitted.sink, FinishEvent(choice.index, reason, admitted.prompt_len,
                                              choice.generated))
 
     def _step_failed(self, requests: list[Admitted], exc: Exception) -> None:
@@ -418,41 +405,8 @@ class Engine:
                 self._fail(admitted, message)
 
     def _fail(self, admitted: Admitted, message: str) -> None:
-        open_choices = _open_choices(admitted)
+        open_choices = events.open_choices(admitted)
         self.scheduler.remove(admitted.request.request_id, lambda r, s: None)
         for i, generated in open_choices:
-            _send(admitted.sink, FinishEvent(i, "error", admitted.prompt_len, generated,
+            events.send(admitted.sink, FinishEvent(i, "error", admitted.prompt_len, generated,
                                              error=message))
-
-
-def _requests(live: list[tuple[int, Admitted, Choice]]) -> list[Admitted]:
-    """The distinct requests of a step's rows."""
-    return list({id(a): a for _, a, _ in live}.values())
-
-
-def _open_choices(admitted: Admitted) -> list[tuple[int, int]]:
-    """(index, tokens generated) of the choices that have not ended yet."""
-    if not admitted.choices:
-        return [(i, 0) for i in range(admitted.request.n)]
-    return [(c.index, c.generated) for c in admitted.choices if not c.done]
-
-
-def _token_event(request: GenerationRequest, choice: int, token: int,
-                 drawn: dict[str, np.ndarray], row: int) -> TokenEvent:
-    if request.logprobs is None:
-        return TokenEvent(choice, token)
-    top = tuple(
-        (int(i), float(lp)) for i, lp in
-        zip(drawn["top_ids"][row][:request.logprobs], drawn["top_logprobs"][row][:request.logprobs],
-            strict=True)
-    )
-    return TokenEvent(choice, token, float(drawn["logprob"][row]), top)
-
-
-def _channel(sink: object) -> Channel:
-    assert isinstance(sink, Channel)
-    return sink
-
-
-def _send(sink: object, event: TokenEvent | FinishEvent) -> None:
-    _channel(sink).send(event)

@@ -9,7 +9,6 @@ directly, so a shape that was not compiled is an error, never a silent recompila
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -22,10 +21,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from gemma_server.config import EngineConfig
-from gemma_server.datatypes import MAX_LOGIT_BIAS, SamplingParams
-from gemma_server.engine import steps
+from gemma_server.datatypes import SamplingParams
+from gemma_server.engine import device_results, steps
 from gemma_server.engine.compilation import CompileCount, use_compilation_cache
-from gemma_server.engine.sampling import Sampled, SamplingRows
+from gemma_server.engine.device_results import DecodeLaunch
+from gemma_server.engine.sampling import SamplingRows
 from gemma_server.errors import ConfigurationError
 from gemma_server.host_memory import release_freed_memory
 from gemma_server.kernels import cpu_attention
@@ -222,10 +222,8 @@ class Executor:
         return CompileCount.compiled() - self._compiles_before_serving
 
     def _row_template(self) -> SamplingRows:
-        """One slot's sampling row, built on the host: an eager device op here would be
-        compiled at the first request, after warm-up."""
-        host: dict[str, Any] = {"bias_ids": np.zeros((1, MAX_LOGIT_BIAS), np.int32)}
-        return dataclasses.replace(steps.init_state(1, 1, xp=np), **host)
+        """A slot's sampling row (its shapes and types are what `insert` is compiled for)."""
+        return steps.host_row(self.cfg.vocab_size)
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -241,28 +239,7 @@ class Executor:
                top_logprobs: bool = False) -> None:
         """Install a request's sampling parameters, 64-bit seed, LoRA row and whether it wants
         top logprobs into a slot."""
-        bias_ids = np.full((1, MAX_LOGIT_BIAS), self.cfg.vocab_size, np.int32)
-        bias_values = np.zeros((1, MAX_LOGIT_BIAS), np.float32)
-        for j, (token, bias) in enumerate(sampling.logit_bias):
-            if token < self.cfg.vocab_size:
-                bias_ids[0, j], bias_values[0, j] = token, bias
-
-        def f32(x: float) -> np.ndarray:
-            return np.asarray([x], np.float32)
-
-        host: dict[str, Any] = {  # numpy: sent with the call, nothing compiled eagerly
-            "temperature": f32(sampling.temperature),
-            "top_k": np.asarray([sampling.top_k], np.int32),
-            "top_p": f32(sampling.top_p),
-            "repetition_penalty": f32(sampling.effective_repetition_penalty),
-            "frequency_penalty": f32(sampling.frequency_penalty),
-            "presence_penalty": f32(sampling.presence_penalty),
-            "key_data": np.asarray([[seed >> 32, seed & 0xFFFFFFFF]], np.uint32),
-            "adapter": np.asarray([adapter], np.int32),
-            "wants_top": np.asarray([top_logprobs]),
-            "bias_ids": bias_ids, "bias_values": bias_values,
-        }
-        row = dataclasses.replace(self._row_template(), **host)
+        row = steps.host_row(self.cfg.vocab_size, sampling, seed, adapter, top_logprobs)
         self._apply("insert", None, (np.int32(slot), row))
 
     def state_lost(self) -> bool:
@@ -318,10 +295,11 @@ class Executor:
                 last: np.ndarray, final: np.ndarray) -> tuple[dict[str, np.ndarray], jax.Array]:
         drawn, logits = self._apply("prefill", tokens.shape,
                                     (slots, tokens, positions, last, final))
-        return _to_host(drawn), logits
+        return device_results.to_host(drawn), logits
 
     def fork(self, source: int, targets: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
-        return _to_host(self._apply("fork", None, (np.int32(source), targets, logits)))
+        drawn = self._apply("fork", None, (np.int32(source), targets, logits))
+        return device_results.to_host(drawn)
 
     def decode_rows(self, positions: np.ndarray) -> int:
         """The compiled row count of a decode step over these positions: the fewest leading
@@ -353,13 +331,13 @@ class Executor:
             if self._drawn is None or self._drawn.shape[0] != rows:
                 raise ValueError("no previous decode step of this row count to feed back")
             # Followers of a multi-host slice are told host inputs: read the tokens first.
-            fed: Any = self._drawn if self.announce is None else _local(self._drawn)
+            fed: Any = self._drawn if self.announce is None else device_results.local(self._drawn)
         else:
             fed = tokens[:rows]
         self._drawn = None  # consumed, or about to be replaced
         drawn, self._drawn = self._apply("decode", (rows, length), (
             fed, positions[:rows], budgets[:rows].astype(np.int32), np.int32(count)))
-        return DecodeLaunch(self, drawn, count)
+        return DecodeLaunch(drawn, count, self.step_failed_on_device)
 
     def step_failed_on_device(self) -> None:
         """A launched step failed while it ran: the cache and state it produced are unusable
@@ -368,7 +346,7 @@ class Executor:
 
     def host_row(self, logits: jax.Array, row: int) -> np.ndarray:
         """One row of a prefill's logits, on the host (from this process's copy)."""
-        return _local(logits)[row]
+        return device_results.local(logits)[row]
 
     def _apply(self, op: str, key: Any, args: tuple[Any, ...]) -> Any:
         """Run one compiled step on the device state. Every change of that state goes
@@ -416,38 +394,3 @@ class Executor:
 
     def prefill_shapes(self) -> list[tuple[int, int]]:
         return sorted(self._prefill)
-
-
-class DecodeLaunch:
-    """A decode call that was launched (JAX dispatches asynchronously) and not yet read."""
-
-    def __init__(self, executor: Executor, drawn: Sampled, count: int):
-        self._executor, self._drawn, self.count = executor, drawn, count
-
-    def result(self) -> dict[str, np.ndarray]:
-        """The call's draws on the host, each [count, rows, ...] (step-major); waits for the
-        call to finish."""
-        try:
-            host = _to_host(self._drawn)
-        except Exception:
-            self._executor.step_failed_on_device()
-            raise
-        return {name: value[:self.count] for name, value in host.items()}
-
-
-def _local(x: jax.Array) -> np.ndarray:
-    """A replicated result on the host, from a copy this process holds (on a multi-host mesh
-    the whole array spans other processes' devices too)."""
-    if x.is_fully_addressable:
-        return np.asarray(x)
-    return np.asarray(x.addressable_data(0))
-
-
-def _to_host(drawn: Sampled) -> dict[str, np.ndarray]:
-    parts = (drawn.tokens, drawn.logprob, drawn.top_ids, drawn.top_logprobs)
-    if all(p.is_fully_addressable for p in parts):
-        host = jax.device_get(parts)  # one transfer for all four, not four round trips
-    else:
-        host = tuple(_local(p) for p in parts)
-    return dict(zip(("tokens", "logprob", "top_ids", "top_logprobs"),
-                    (np.asarray(h) for h in host), strict=True))

@@ -12,6 +12,8 @@ import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterator
 
+import numpy as np
+
 from gemma_server.config import EngineConfig
 from gemma_server.datatypes import GenerationRequest
 from gemma_server.errors import ContextTooLong, InvalidRequest, Overloaded
@@ -61,6 +63,23 @@ class PrefillPlan:
     rows: int  # compiled row count (>= len(chunks))
     bucket: int  # compiled chunk length
     chunks: tuple[ChunkPlan, ...]
+
+    def inputs(self, slot_count: int) -> tuple[np.ndarray, ...]:
+        """The prefill step's host inputs: each row's slot (`slot_count` pads), token ids and
+        positions (-1 pads), the index of its last token and whether it ends its prompt."""
+        slots = np.full(self.rows, slot_count, np.int32)
+        tokens = np.zeros((self.rows, self.bucket), np.int32)
+        positions = np.full((self.rows, self.bucket), -1, np.int32)
+        last = np.zeros(self.rows, np.int32)
+        final = np.zeros(self.rows, np.bool_)
+        for r, chunk in enumerate(self.chunks):
+            prompt = chunk.admitted.request.prompt_ids
+            slots[r] = chunk.admitted.slots[0]
+            tokens[r, :chunk.length] = prompt[chunk.start:chunk.start + chunk.length]
+            positions[r, :chunk.length] = np.arange(chunk.start, chunk.start + chunk.length)
+            last[r] = chunk.length - 1
+            final[r] = chunk.final
+        return slots, tokens, positions, last, final
 
 
 class Scheduler:

@@ -13,8 +13,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from gemma_server.datatypes import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS
+from gemma_server.datatypes import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, SamplingParams
 from gemma_server.engine.sampling import Sampled, SamplingRows, record, sample
 from gemma_server.model.cache import KVCache
 from gemma_server.model.config import GemmaConfig
@@ -44,6 +45,37 @@ def init_state(slots: int, vocab: int, xp: Any = jnp) -> SamplingRows:
         adapter=xp.zeros(slots, i32),
         wants_top=xp.zeros(slots, xp.bool_),
     )
+
+
+def host_row(vocab: int, sampling: SamplingParams | None = None, seed: int = 0,
+             adapter: int = 0, top_logprobs: bool = False) -> SamplingRows:
+    """One slot's sampling row for `insert`: a request's parameters, 64-bit seed, LoRA row and
+    whether it wants top logprobs, built with numpy (sent with the call: an eager device op
+    would be compiled at the first request, after warm-up). Its history fields are 1 wide
+    (`insert` clears the slot's history instead); logit biases on ids >= vocab are dropped."""
+    sampling = sampling or SamplingParams()
+    bias_ids = np.full((1, MAX_LOGIT_BIAS), vocab, np.int32)
+    bias_values = np.zeros((1, MAX_LOGIT_BIAS), np.float32)
+    for j, (token, bias) in enumerate(sampling.logit_bias):
+        if token < vocab:
+            bias_ids[0, j], bias_values[0, j] = token, bias
+
+    def f32(x: float) -> np.ndarray:
+        return np.asarray([x], np.float32)
+
+    host: dict[str, Any] = {
+        "temperature": f32(sampling.temperature),
+        "top_k": np.asarray([sampling.top_k], np.int32),
+        "top_p": f32(sampling.top_p),
+        "repetition_penalty": f32(sampling.effective_repetition_penalty),
+        "frequency_penalty": f32(sampling.frequency_penalty),
+        "presence_penalty": f32(sampling.presence_penalty),
+        "key_data": np.asarray([[seed >> 32, seed & 0xFFFFFFFF]], np.uint32),
+        "adapter": np.asarray([adapter], np.int32),
+        "wants_top": np.asarray([top_logprobs]),
+        "bias_ids": bias_ids, "bias_values": bias_values,
+    }
+    return dataclasses.replace(init_state(1, 1, xp=np), **host)
 
 
 def insert(state: SamplingRows, slot: jax.Array, row: SamplingRows) -> SamplingRows:

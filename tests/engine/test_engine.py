@@ -213,16 +213,16 @@ def test_overload_and_limits_fail_at_once(engine):
 
 def test_a_failing_request_fails_alone(engine, monkeypatch):
     """A host-side failure in one request's processing fails that request; others finish."""
-    import gemma_server.engine.engine as engine_module
+    import gemma_server.engine.events as events_module
 
-    real = engine_module._token_event
+    real = events_module.token_event
 
     def flaky(request, *args):
         if request.request_id.endswith("-bad"):
             raise RuntimeError("boom")
         return real(request, *args)
 
-    monkeypatch.setattr(engine_module, "_token_event", flaky)
+    monkeypatch.setattr(events_module, "token_event", flaky)
 
     async def scenario():
         prompt = prompts()[2]
@@ -295,9 +295,9 @@ def test_a_step_failing_on_the_device_fails_its_requests_and_the_engine_recovers
     """A step that fails while it runs (seen when its tokens are read) has spent the donated
     cache, and the step launched on its tokens is void: everyone in it fails with the
     error, the state is rebuilt, and the next request decodes correctly."""
-    import gemma_server.engine.executor as executor_module
+    import gemma_server.engine.device_results as results_module
 
-    real, calls = executor_module._to_host, {"n": 0}
+    real, calls = results_module.to_host, {"n": 0}
 
     def failing(drawn):  # the prefill's read, then each decode step's
         calls["n"] += 1
@@ -305,7 +305,7 @@ def test_a_step_failing_on_the_device_fails_its_requests_and_the_engine_recovers
             raise RuntimeError("device fault")
         return real(drawn)
 
-    monkeypatch.setattr(executor_module, "_to_host", failing)
+    monkeypatch.setattr(results_module, "to_host", failing)
     resets, reset = [], engine.executor.reset
     monkeypatch.setattr(engine.executor, "reset", lambda: (resets.append(1), reset()))
     tokens, _, finishes = run(collect(engine, request(prompts()[2], max_new=20)))
