@@ -53,6 +53,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import SHAPES  # noqa: E402
+from bench_engine import SHAPES, Bench  # noqa: E402
 from bench_engine import checkpoint_dir as bench_checkpoint_dir  # noqa: E402
 
 PROMPT, DECODE, B16, B16_TOKENS, LONG = 64, 128, 16, 32, 1500
@@ -167,6 +168,20 @@ class Samples:
     def close(self) -> None:
         """Free what the system holds (a server process, a model)."""
 
+    async def measure(self, timed: Callable[[list[int], int], Awaitable[list[float]]],
+                      vocab: int, rep: int) -> None:
+        """One repetition of decode b1, 16 streams and prefill for a system that streams:
+        `timed(prompt, max_tokens)` gives each token's arrival time from the request's
+        start (gemma_server through HTTP, or its engine in this process)."""
+        times = await timed(prompts(vocab, 1, PROMPT, rep)[0], DECODE)
+        self.b1.append((len(times) - 1) / (times[-1] - times[0]))
+        runs = await asyncio.gather(*(timed(p, B16_TOKENS)
+                                      for p in prompts(vocab, B16, PROMPT, 100 + rep)))
+        first, last = max(t[0] for t in runs), max(t[-1] for t in runs)
+        self.b16.append(B16 * (B16_TOKENS - 1) / (last - first))
+        times = await timed(prompts(vocab, 1, LONG, 200 + rep)[0], 1)
+        self.prefill.append(LONG / times[0])
+
 
 class GemmaServer(Samples):
     """gemma_server through its HTTP API: a real `gemma-server serve` process."""
@@ -183,17 +198,8 @@ class GemmaServer(Samples):
             return await work(client)
 
     def rep(self, rep: int) -> None:
-        asyncio.run(self._with_client(lambda c: self._rep(c, rep)))
-
-    async def _rep(self, client: httpx.AsyncClient, rep: int) -> None:
-        times = await stream(client, prompts(self.vocab, 1, PROMPT, rep)[0], DECODE)
-        self.b1.append((len(times) - 1) / (times[-1] - times[0]))
-        runs = await asyncio.gather(*(stream(client, p, B16_TOKENS)
-                                      for p in prompts(self.vocab, B16, PROMPT, 100 + rep)))
-        first, last = max(t[0] for t in runs), max(t[-1] for t in runs)
-        self.b16.append(B16 * (B16_TOKENS - 1) / (last - first))
-        times = await stream(client, prompts(self.vocab, 1, LONG, 200 + rep)[0], 1)
-        self.prefill.append(LONG / times[0])
+        asyncio.run(self._with_client(
+            lambda c: self.measure(lambda p, n: stream(c, p, n), self.vocab, rep)))
 
     def result(self) -> dict[str, Any]:
         return {**super().result(), "peak_rss_gb": self.server.peak_rss_gb()}
@@ -223,34 +229,22 @@ class GemmaEngine(Samples):
                              settings.engine_config(settings.lora_capacity(0)),
                              vocab_limit=model.tokenizer.vocab_size)
         self.engine.start()
+        self.bench = Bench(self.engine, vocab)
         self.vocab, self.count = vocab, 0
         asyncio.run(self._timed(prompts(vocab, 1, PROMPT, 99)[0], 4))
 
     async def _timed(self, prompt: list[int], max_tokens: int) -> list[float]:
-        """Arrival times of each token from submission, as `stream` times them over HTTP."""
-        from gemma_server.datatypes import GenerationRequest, SamplingParams, TokenEvent
+        """Arrival times of each token from submission (`Bench.timed`), as `stream` times
+        them over HTTP."""
+        from gemma_server.datatypes import GenerationRequest, SamplingParams
 
         self.count += 1
-        request = GenerationRequest(f"e{self.count}", tuple(prompt), max_tokens,
-                                    sampling=SamplingParams(temperature=0.0, ignore_eos=True))
-        start, times = time.perf_counter(), []
-        async for event in self.engine.submit(request):
-            if isinstance(event, TokenEvent):
-                times.append(time.perf_counter() - start)
-        return times
+        return await self.bench.timed(GenerationRequest(
+            f"e{self.count}", tuple(prompt), max_tokens,
+            sampling=SamplingParams(temperature=0.0, ignore_eos=True)))
 
     def rep(self, rep: int) -> None:
-        asyncio.run(self._rep(rep))
-
-    async def _rep(self, rep: int) -> None:
-        times = await self._timed(prompts(self.vocab, 1, PROMPT, rep)[0], DECODE)
-        self.b1.append((len(times) - 1) / (times[-1] - times[0]))
-        runs = await asyncio.gather(*(self._timed(p, B16_TOKENS)
-                                      for p in prompts(self.vocab, B16, PROMPT, 100 + rep)))
-        first, last = max(t[0] for t in runs), max(t[-1] for t in runs)
-        self.b16.append(B16 * (B16_TOKENS - 1) / (last - first))
-        times = await self._timed(prompts(self.vocab, 1, LONG, 200 + rep)[0], 1)
-        self.prefill.append(LONG / times[0])
+        asyncio.run(self.measure(self._timed, self.vocab, rep))
 
     def close(self) -> None:
         self.engine.stop()

@@ -6,9 +6,10 @@ for every decoding slot, and send each request its events. A decode call runs on
 to `decode_steps` while no request waits for a slot or a prefill (the host's work per call is
 then paid once per several tokens). Its tokens are read in the next iteration; while only
 decoding goes on, that iteration first launches the next call on them (still on the device),
-so the host's work overlaps the device's. When there is nothing to do it sleeps on a condition
-variable until `submit` or `cancel` wakes it. A failing step fails the requests in it; the loop
-goes on serving the others.
+so the host's work overlaps the device's (a choice that a call ends by a stop token then has a
+few tokens too many computed: they are dropped). When there is nothing to do it sleeps on a
+condition variable until `submit` or `cancel` wakes it. A failing step fails the requests in
+it; the loop goes on serving the others.
 """
 
 from __future__ import annotations
@@ -158,14 +159,8 @@ class Engine:
             for admitted in running:
                 self._fail(admitted, message)
             waiting = [request for request, _, _ in self.scheduler.waiting]
-
-            def fail_waiting(request: GenerationRequest, sink: object) -> None:
-                for i in range(request.n):
-                    events.send(sink, FinishEvent(i, "error", len(request.prompt_ids), 0,
-                                            error=message))
-
             for request in waiting:
-                self.scheduler.remove(request.request_id, fail_waiting)
+                self.scheduler.remove(request.request_id, events.end_waiting("error", message))
             self._cond.notify()
         return len(running) + len(waiting)
 
@@ -215,20 +210,16 @@ class Engine:
                     self._fail(holder, f"engine failure: {exc}")
 
     def _apply_cancellations(self) -> None:
-        def finish_waiting(request: GenerationRequest, sink: object) -> None:
-            for i in range(request.n):
-                events.send(sink, FinishEvent(i, "cancelled", len(request.prompt_ids), 0))
-
         for request_id, index in self._cancelled:
             if index is not None and self._cancel_choice(request_id, index):
                 continue
             holder = self.scheduler.by_id.get(request_id)
             open_choices = events.open_choices(holder) if holder is not None else []
-            admitted = self.scheduler.remove(request_id, finish_waiting)
+            admitted = self.scheduler.remove(request_id, events.end_waiting("cancelled"))
             if admitted is not None:
                 for i, generated in open_choices:
                     events.send(admitted.sink, FinishEvent(i, "cancelled", admitted.prompt_len,
-                                                     generated))
+                                                           generated))
         self._cancelled.clear()
 
     def _cancel_choice(self, request_id: str, index: int) -> bool:
@@ -240,7 +231,7 @@ class Engine:
         if not choice.done:
             self.scheduler.finish_choice(admitted, choice)
             events.send(admitted.sink, FinishEvent(index, "cancelled", admitted.prompt_len,
-                                             choice.generated))
+                                                   choice.generated))
         return True
 
     def _insert(self, admitted: Admitted) -> None:
@@ -285,13 +276,6 @@ class Engine:
             return
         for j, choice in enumerate(others):
             self._accept(admitted, choice, forked, j)
-
-    # A decode call is launched, then read in the next iteration: while nothing but decoding
-    # goes on (no admission, prefill or cancellation), that iteration first launches call
-    # N+1 on the tokens call N drew last, still on the device, and only then reads call N's,
-    # so the host's work on them (events, stop checks, SSE) runs while the device computes.
-    # A choice that call N ends by a stop token has then a few tokens too many computed (the
-    # rest of call N's steps and call N+1's): they are dropped.
 
     def _steps_per_call(self) -> int:
         """Several decode steps per call only while nobody waits: a request waiting for a
@@ -388,7 +372,7 @@ class Engine:
             with self._cond:
                 self.scheduler.finish_choice(admitted, choice)
             events.send(admitted.sink, FinishEvent(choice.index, reason, admitted.prompt_len,
-                                             choice.generated))
+                                                   choice.generated))
 
     def _step_failed(self, requests: list[Admitted], exc: Exception) -> None:
         """Fail the requests of a failed step. Only if the step had already consumed the
@@ -409,4 +393,4 @@ class Engine:
         self.scheduler.remove(admitted.request.request_id, lambda r, s: None)
         for i, generated in open_choices:
             events.send(admitted.sink, FinishEvent(i, "error", admitted.prompt_len, generated,
-                                             error=message))
+                                                   error=message))

@@ -3,9 +3,11 @@ which of a request's choices are still open (the engine loop's bookkeeping helpe
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from gemma_server.datatypes import FinishEvent, GenerationRequest, TokenEvent
+from gemma_server.datatypes import FinishEvent, FinishReason, GenerationRequest, TokenEvent
 from gemma_server.engine.channel import Channel
 from gemma_server.engine.scheduler import Admitted, Choice
 
@@ -41,3 +43,14 @@ def channel(sink: object) -> Channel:
 
 def send(sink: object, event: TokenEvent | FinishEvent) -> None:
     channel(sink).send(event)
+
+
+def end_waiting(reason: FinishReason, error: str | None = None
+                ) -> Callable[[GenerationRequest, object], None]:
+    """A `Scheduler.remove` callback for a request still waiting for a slot: every choice
+    ends with `reason` (and `error`) before any token."""
+    def end(request: GenerationRequest, sink: object) -> None:
+        for i in range(request.n):
+            send(sink, FinishEvent(i, reason, len(request.prompt_ids), 0, error=error))
+
+    return end

@@ -39,7 +39,8 @@ enum { MBLOCK = 8 }; /* rows of x whose accumulators are kept in registers at on
  * 12.0 -> 10.5 ms; int8 6.2 -> 4.4 ms; float32 unchanged, its stream already runs at speed).
  * The prefetch goes to L2 (T1), not L1: filling L1 ahead took the L1 miss slots the loads
  * themselves need (decode step at one row, alternating builds: bf16 16.5 -> 14.0 ms, int8
- * 8.7 -> 8.1, float32 31.6 -> 28.3). 2 or 8 KB ahead instead of 4 measured no better. */
+ * 8.7 -> 8.1, float32 31.6 -> 28.3). 2, 8 or 16 KB ahead, or the T2 and NTA hints, measured
+ * no better. */
 enum { PREFETCH_BYTES = 4096 };
 
 /* ---- widening loads: 16 weights at w (masked), as float32 lanes ------------------------ */
