@@ -98,13 +98,14 @@ TARGET static void dot_widened(const float *x, int64_t K, const char *wrow, floa
 template <int KIND, int R>
 TARGET static void dot_widened_block(const float *x, int64_t K, const char *w, float *y,
                                      int64_t N, int64_t n) {
+    static_assert(R == 4, "the sums go out four at a time (sum4)");
     __m512 a[4][R];
     UNROLL for (int m = 0; m < 4; m++) UNROLL for (int r = 0; r < R; r++) a[m][r] = _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k += 16) {
         __m512 wv[R];
         /* the next block's rows (see dot_bf16_block) */
         UNROLL for (int r = 0; r < R; r++)
-            _mm_prefetch(w + ((R + r) * K + k) * ELEM<KIND>, _MM_HINT_T0);
+            _mm_prefetch(w + ((R + r) * K + k) * ELEM<KIND>, _MM_HINT_T1);
         UNROLL for (int r = 0; r < R; r++)
             wv[r] = load16<KIND>(w + (r * K + k) * ELEM<KIND>, (__mmask16)0xFFFF);
         UNROLL for (int m = 0; m < 4; m++) {
@@ -112,8 +113,7 @@ TARGET static void dot_widened_block(const float *x, int64_t K, const char *w, f
             UNROLL for (int r = 0; r < R; r++) a[m][r] = _mm512_fmadd_ps(xv, wv[r], a[m][r]);
         }
     }
-    UNROLL for (int m = 0; m < 4; m++)
-        UNROLL for (int r = 0; r < R; r++) y[m * N + n + r] = _mm512_reduce_add_ps(a[m][r]);
+    UNROLL for (int m = 0; m < 4; m++) _mm_storeu_ps(y + m * N + n, sum4(a[m][0], a[m][1], a[m][2], a[m][3]));
 }
 
 template <int KIND>
@@ -198,23 +198,25 @@ TARGET_BF16 static void dot_bf16_pairs(const uint32_t *xp, int64_t K, const uint
 template <int R>
 TARGET_BF16 static void dot_bf16_block(const uint32_t *xp, int64_t K, const uint16_t *w, float *y,
                                       int64_t N, int64_t n) {
+    static_assert(R == 4, "the sums go out four at a time (sum4)");
     __m512 a[4][R];
     UNROLL for (int m = 0; m < 4; m++) UNROLL for (int r = 0; r < R; r++) a[m][r] = _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k += 32) {
         __m512bh wv[R];
         /* The next block's rows, at the same offset: R short interleaved streams (a row is
          * a few KB) are too short for the hardware prefetcher to ramp up on; prefetched, the
-         * 32000x1024 head at 8 rows of x went from 3.5 to 1.6 ms. */
+         * 32000x1024 head at 8 rows of x went from 3.5 to 1.6 ms. Into L2, not L1: 16 rows of
+         * x (32 KB at K = 1024) already fill L1, which evicted the prefetched rows before
+         * their first use (bf16 products at 16 rows: 224 -> 311 GFLOP/s). */
         UNROLL for (int r = 0; r < R; r++)
-            _mm_prefetch((const char *)(w + (R + r) * K + k), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + (R + r) * K + k), _MM_HINT_T1);
         UNROLL for (int r = 0; r < R; r++) wv[r] = (__m512bh)_mm512_loadu_si512(w + r * K + k);
         UNROLL for (int m = 0; m < 4; m++) {
             __m512bh xv = (__m512bh)_mm512_loadu_si512(xp + m * (K / 2) + k / 2);
             UNROLL for (int r = 0; r < R; r++) a[m][r] = _mm512_dpbf16_ps(a[m][r], xv, wv[r]);
         }
     }
-    UNROLL for (int m = 0; m < 4; m++)
-        UNROLL for (int r = 0; r < R; r++) y[m * N + n + r] = _mm512_reduce_add_ps(a[m][r]);
+    UNROLL for (int m = 0; m < 4; m++) _mm_storeu_ps(y + m * N + n, sum4(a[m][0], a[m][1], a[m][2], a[m][3]));
 }
 
 TARGET_BF16 static void rows_bf16_pairs(const void *x, int64_t M, int64_t K, const char *w,
