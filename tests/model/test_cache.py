@@ -217,3 +217,48 @@ def test_a_prefill_step_updates_the_slot_cache_in_place(tiny_model):
     temporaries = compiled.memory_analysis().temp_size_in_bytes
     # What remains is mostly the prompt's own slot, read for its attention (1/8 of the cache).
     assert temporaries < cache_bytes(cfg, 8, 1024, jnp.float32) / 4
+
+
+@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("query_block", [256, 8])
+def test_attention_in_key_blocks_equals_attention_at_once(name, query_block, tiny_model,
+                                                          monkeypatch):
+    """On CPU, attention reads a key set of several whole blocks block by block with a running
+    softmax, skipping blocks no query sees; blocks of 8 here over the 40-token full forward
+    and a 64-entry cache (global layers; the window-8 rings are a single block)."""
+    forward_module = importlib.import_module("gemma_server.model.forward")
+    model, ids = tiny_model(name), _prompt(name)
+    reference = _full_logits(model, ids)
+    monkeypatch.setattr(forward_module, "KEY_BLOCK", 8)
+    monkeypatch.setattr(forward_module, "QUERY_BLOCK", query_block)
+    jax.clear_caches()
+    np.testing.assert_allclose(_full_logits(model, ids), reference, atol=TOLERANCE, rtol=0)
+    for chunks in ([12, 28], [8, 16, 16], [11, 11, 11, 7]):
+        cached = _run_chunks(model, ids, chunks)
+        np.testing.assert_allclose(cached, reference, atol=TOLERANCE, rtol=0)
+
+
+def test_key_blocks_no_query_sees_are_not_read():
+    """Blocks past every query's position are skipped, not multiplied by a zero weight: NaN
+    keys and values there (what an unwritten entry could hold) leave the output finite and
+    equal to attention over the visible blocks alone."""
+    forward_module = importlib.import_module("gemma_server.model.forward")
+    block = forward_module.KEY_BLOCK
+    rng = np.random.default_rng(0)
+    b, k, g, t, hd, size = 2, 2, 2, 5, 16, 4 * block
+    q = jnp.asarray(rng.standard_normal((b, k, g, t, hd)), jnp.float32)
+    keys = rng.standard_normal((b, k, size, hd)).astype(np.float32)
+    values = rng.standard_normal((b, k, size, hd)).astype(np.float32)
+    keys[:, :, 2 * block:] = np.nan
+    values[:, :, 2 * block:] = np.nan
+    held = entry_positions(jnp.asarray([block + 3, 2 * block]), size)
+    positions = jnp.asarray([block - 2 + np.arange(t), 2 * block - t + np.arange(t)])
+    cfg = type("Cfg", (), {"attn_scale": 0.25, "attn_logit_softcap": None})()
+    args = (positions, None, cfg)
+    out = forward_module._attend_key_blocks(q, jnp.asarray(keys), jnp.asarray(values), held,
+                                            *args)
+    visible = (jnp.asarray(keys[:, :, :2 * block]), jnp.asarray(values[:, :, :2 * block]),
+               held[:, :2 * block])
+    expected = forward_module._attend_block(q, [visible], *args)
+    assert np.isfinite(np.asarray(out)).all()
+    np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-5, rtol=1e-5)
