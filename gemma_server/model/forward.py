@@ -286,14 +286,11 @@ def _attend_key_blocks(
             top, total, acc = carry
             block_keys = jax.lax.dynamic_slice_in_dim(keys, start, KEY_BLOCK, axis=2)
             block_values = jax.lax.dynamic_slice_in_dim(values, start, KEY_BLOCK, axis=2)
-            s = soft_cap(_scores(qg, block_keys) * cfg.attn_scale, cfg.attn_logit_softcap)
-            s = jnp.where(visible[:, None, None], s, _MASKED)  # [B, K, G, T, KB]
+            s = jnp.where(visible[:, None, None], _scores(qg, block_keys, cfg), _MASKED)
             new_top = jnp.maximum(top, jnp.max(s, axis=-1))
             weights = jnp.exp(s - new_top[..., None])
             rescale = jnp.exp(top - new_top)
-            acc = acc * rescale[..., None] + jnp.einsum(
-                "bkgts,bksd->bkgtd", weights.astype(block_values.dtype), block_values,
-                preferred_element_type=F32)
+            acc = acc * rescale[..., None] + _weighted_values(weights, block_values)
             return new_top, total * rescale + jnp.sum(weights, axis=-1), acc
 
         return jax.lax.cond(jnp.any(visible), add, lambda c: c, carry)
@@ -311,25 +308,32 @@ def _attend_block(
     window: int | None,
     cfg: GemmaConfig,
 ) -> jax.Array:
-    scores = [_scores(qg, keys) for keys, _, _ in parts]
+    scores = [_scores(qg, keys, cfg) for keys, _, _ in parts]
     masks = [_visible(positions[:, :, None], pos[:, None, :], window) for _, _, pos in parts]
-    s = jnp.concatenate(scores, axis=-1) * cfg.attn_scale  # [B, K, G, T, sum S]
-    s = soft_cap(s, cfg.attn_logit_softcap)  # before the mask, as the references do
+    s = jnp.concatenate(scores, axis=-1)  # [B, K, G, T, sum S]
     s = jnp.where(jnp.concatenate(masks, axis=-1)[:, None, None], s, _MASKED)
     probs = jax.nn.softmax(s, axis=-1)
     out = jnp.zeros(qg.shape, F32)
     offset = 0
     for _, values, _ in parts:
         n = values.shape[2]
-        p = probs[..., offset : offset + n].astype(values.dtype)
-        out = out + jnp.einsum("bkgts,bksd->bkgtd", p, values, preferred_element_type=F32)
+        out = out + _weighted_values(probs[..., offset : offset + n], values)
         offset += n
     return out
 
 
-def _scores(qg: jax.Array, keys: jax.Array) -> jax.Array:
-    """[B, K, G, T, Hd] x [B, K, S, Hd] -> [B, K, G, T, S] in float32."""
-    return jnp.einsum("bkgtd,bksd->bkgts", qg, keys, preferred_element_type=F32)
+def _scores(qg: jax.Array, keys: jax.Array, cfg: GemmaConfig) -> jax.Array:
+    """[B, K, G, T, Hd] x [B, K, S, Hd] -> [B, K, G, T, S] in float32, scaled and soft-capped
+    (before any mask, as the references do)."""
+    s = jnp.einsum("bkgtd,bksd->bkgts", qg, keys, preferred_element_type=F32)
+    return soft_cap(s * cfg.attn_scale, cfg.attn_logit_softcap)
+
+
+def _weighted_values(weights: jax.Array, values: jax.Array) -> jax.Array:
+    """[B, K, G, T, S] x [B, K, S, Hd] -> [B, K, G, T, Hd] in float32, the weights rounded to
+    the values' dtype first (as the references' bfloat16 matmul)."""
+    return jnp.einsum("bkgts,bksd->bkgtd", weights.astype(values.dtype), values,
+                      preferred_element_type=F32)
 
 
 def _visible(query_pos: jax.Array, key_pos: jax.Array, window: int | None) -> jax.Array:
