@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from safetensors.numpy import load_file, save_file
 
 from gemma_server.engine.executor import full_forward
 from gemma_server.errors import CheckpointError, ConfigurationError
+from gemma_server.host_memory import HUGE_PAGE, HugePageArena
+from gemma_server.model import checkpoint as checkpoint_module
 from gemma_server.model.checkpoint import load_checkpoint
 from gemma_server.model.hf_config import config_from_hf_dict
 from gemma_server.model.synthetic import write_checkpoint
@@ -143,3 +146,32 @@ def test_missing_shard_and_missing_files_are_reported(tmp_path):
         load_checkpoint(empty, progress=False)
     with pytest.raises(CheckpointError, match="no such checkpoint directory"):
         load_checkpoint(tmp_path / "does-not-exist", progress=False)
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_weights_on_cpu_live_in_one_huge_page_arena(tmp_path, quantize, monkeypatch):
+    """On CPU every weight (int8 values and scales too) is used in place from one 2 MB-aligned
+    arena advised into huge pages, each 64-byte aligned, holding the values it was loaded
+    with (compared with a load that skips the move)."""
+    path = write_checkpoint(TINY_GEMMA3, tmp_path, G3_CFG)
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint_module, "move_into_huge_pages", lambda tree: None)
+        plain = load_checkpoint(path, quantize=quantize, progress=False).params
+    arenas: list[HugePageArena] = []
+    make = HugePageArena.__init__
+
+    def recording(self, nbytes):
+        make(self, nbytes)
+        arenas.append(self)
+
+    monkeypatch.setattr(HugePageArena, "__init__", recording)
+    moved = load_checkpoint(path, quantize=quantize, progress=False).params
+    (arena,) = arenas
+    start = arena._block.ctypes.data + arena._base
+    assert start % HUGE_PAGE == 0
+    leaves, expected = jax.tree_util.tree_leaves(moved), jax.tree_util.tree_leaves(plain)
+    for leaf, want in zip(leaves, expected, strict=True):
+        address = leaf.unsafe_buffer_pointer()
+        assert start <= address and address + leaf.nbytes <= start + arena.size
+        assert address % 64 == 0
+        np.testing.assert_array_equal(np.asarray(leaf), np.asarray(want))
