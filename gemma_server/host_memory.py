@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,9 +77,22 @@ class HugePageArena:
         return view
 
     @staticmethod
-    def size_for(arrays: list[np.ndarray]) -> int:
-        """Bytes an arena needs to `place` these arrays."""
+    def size_for(arrays: list[Any]) -> int:
+        """Bytes an arena needs to `place` these arrays (anything with `nbytes`)."""
         return sum(_round_up(a.nbytes, ALIGNMENT) for a in arrays)
+
+
+_THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def transparent_huge_pages() -> bool:
+    """Whether this kernel hands out transparent huge pages on request (mode `always` or
+    `madvise`, the bracketed word of the sysfs file); False for `never`, other systems."""
+    try:
+        mode = _THP_MODE.read_text()
+    except OSError:
+        return False
+    return "[always]" in mode or "[madvise]" in mode
 
 
 def _advise_huge_pages(address: int, length: int) -> bool:

@@ -24,7 +24,11 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from gemma_server.errors import CheckpointError
-from gemma_server.host_memory import HugePageArena, release_freed_memory
+from gemma_server.host_memory import (
+    HugePageArena,
+    release_freed_memory,
+    transparent_huge_pages,
+)
 from gemma_server.model.config import GemmaConfig
 from gemma_server.model.hf_config import load_hf_config
 from gemma_server.model.params import FUSED, Params, empty_tree, freeze, set_leaf, tensor_specs
@@ -133,7 +137,7 @@ def load_params(path: Path, cfg: GemmaConfig, dtype: jnp.dtype, progress: bool =
         for fused, parts in FUSED.items():
             layer[fused] = jax.block_until_ready(stack_rows([layer.pop(p) for p in parts]))
             release_freed_memory()
-    if jax.default_backend() == "cpu":
+    if jax.default_backend() == "cpu" and transparent_huge_pages():
         move_into_huge_pages(tree)
     return freeze(tree)
 
