@@ -148,15 +148,31 @@ TRIM_EVERY = 64 << 20  # bytes moved between two `release_freed_memory` calls (~
 def move_into_huge_pages(tree: Params) -> None:
     """On CPU the weights are host memory, which decode streams faster from huge pages
     (host_memory.py says why and by how much): each is copied into one `HugePageArena`, and
-    its old copy freed before the next is made, so memory peaks near one copy."""
-    arena = HugePageArena(HugePageArena.size_for(jax.tree_util.tree_leaves(tree)))
+    its old copy freed before the next is made, so memory peaks near one copy. Weights
+    already split over several devices (a multi-host slice) stay where they are."""
+    def single(value: Any) -> bool:
+        return isinstance(value, jax.Array) and len(value.sharding.device_set) == 1 and \
+            value.is_fully_addressable
+
+    movable = [leaf for leaf in jax.tree_util.tree_leaves(tree) if single(leaf)]
+    if not movable:
+        return
+    arena = HugePageArena(HugePageArena.size_for(movable))
+    del movable
     untrimmed = 0
 
     def moved(array: jax.Array) -> jax.Array:
         nonlocal untrimmed
+        if not single(array):
+            return array
         untrimmed += array.nbytes
-        # device_put of an aligned host array keeps it in place on the CPU device (no copy)
-        return jax.device_put(arena.place(np.asarray(array)), array.sharding)
+        # device_put of an aligned host array keeps it in place on the CPU device (no copy);
+        # uncommitted like the loaded array, so that it can still be sharded over processes
+        placed = arena.place(np.asarray(array))
+        if array.committed:
+            (device,) = array.sharding.device_set
+            return jax.device_put(placed, device)
+        return jax.device_put(placed)
 
     def walk(node: Any) -> None:
         nonlocal untrimmed
