@@ -27,8 +27,7 @@ import numpy as np
 def _load_libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name, use_errno=True) if name and \
-            hasattr(ctypes.CDLL(name), "malloc_trim") else None
+        return ctypes.CDLL(name) if name and hasattr(ctypes.CDLL(name), "malloc_trim") else None
     except OSError:
         return None
 
@@ -63,7 +62,7 @@ class HugePageArena:
         start = self._block.ctypes.data
         self._base = _round_up(start, HUGE_PAGE) - start  # offsets below count from here
         self._used = 0
-        self.advised = _advise_huge_pages(start + self._base, self.size)
+        _advise_huge_pages(start + self._base, self.size)
 
     def place(self, array: np.ndarray) -> np.ndarray:
         """A copy of `array` in the arena (a view of it, which keeps the arena alive)."""
@@ -95,9 +94,9 @@ def transparent_huge_pages() -> bool:
     return "[always]" in mode or "[madvise]" in mode
 
 
-def _advise_huge_pages(address: int, length: int) -> bool:
-    if _LIBC is None or not hasattr(_LIBC, "madvise"):
-        return False
-    madvise = _LIBC.madvise
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return bool(madvise(address, length, _MADV_HUGEPAGE) == 0)
+def _advise_huge_pages(address: int, length: int) -> None:
+    """A request, not a guarantee: a refusal leaves ordinary pages, which work the same."""
+    if _LIBC is not None and hasattr(_LIBC, "madvise"):
+        madvise = _LIBC.madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        madvise(address, length, _MADV_HUGEPAGE)

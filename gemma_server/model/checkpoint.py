@@ -34,7 +34,6 @@ from gemma_server.model.hf_config import load_hf_config
 from gemma_server.model.params import FUSED, Params, empty_tree, freeze, set_leaf, tensor_specs
 from gemma_server.model.quantize import (
     QUANTIZATIONS,
-    Int8Weight,
     quantize_int8,
     quantized_leaf,
     stack_rows,
@@ -142,7 +141,7 @@ def load_params(path: Path, cfg: GemmaConfig, dtype: jnp.dtype, progress: bool =
     return freeze(tree)
 
 
-TRIM_EVERY = 64 << 20  # bytes moved between two `release_freed_memory` calls (~5 ms each)
+TRIM_EVERY = 64 << 20  # bytes moved between two `release_freed_memory` calls (~1 ms each)
 
 
 def move_into_huge_pages(tree: Params) -> None:
@@ -180,10 +179,8 @@ def move_into_huge_pages(tree: Params) -> None:
             value = node[key]
             if isinstance(value, (dict, list)):
                 walk(value)
-            elif isinstance(value, Int8Weight):
-                node[key] = Int8Weight(q=moved(value.q), scale=moved(value.scale))
-            elif isinstance(value, jax.Array):
-                node[key] = moved(value)
+            else:  # an array, or a pytree of them (int8 values and scales)
+                node[key] = jax.tree_util.tree_map(moved, value)
             del value
             if untrimmed >= TRIM_EVERY:  # the old copies' freed memory, back to the OS
                 release_freed_memory()
