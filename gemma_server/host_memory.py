@@ -64,6 +64,11 @@ class HugePageArena:
         self._used = 0
         _advise_huge_pages(start + self._base, self.size)
 
+    @property
+    def address(self) -> int:
+        """Where the arena starts in memory (a multiple of 2 MB); `size` bytes follow."""
+        return int(self._block.ctypes.data) + self._base
+
     def place(self, array: np.ndarray) -> np.ndarray:
         """A copy of `array` in the arena (a view of it, which keeps the arena alive)."""
         at = _round_up(self._used, ALIGNMENT)

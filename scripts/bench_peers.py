@@ -36,11 +36,14 @@ repetitions (`--reps`, default 3):
 settings), measured by the same rules in the same turns: the report then prints the HTTP/SSE
 layer's cost as "through HTTP / engine alone" ratios.
 
-Roofline: batch-1 fraction = weight bytes read per token × rate ÷ the memory read bandwidth,
-measured at the start of the run (`--threads` NumPy threads reading their part of a 1 GiB
-array; or `--bandwidth-gbs`); b16 fraction against
-16 / max(bytes / bandwidth, 2·params·16 / peak FLOP/s) with 200 (f32/int8) or 410 (bf16)
-GFLOP/s.
+Roofline: batch-1 fraction = weight bytes read per token × rate ÷ the memory read bandwidth;
+b16 fraction against 16 / max(bytes / bandwidth, 2·params·16 / peak FLOP/s) with 200
+(f32/int8) or 410 (bf16) GFLOP/s. The bandwidth (`--threads` NumPy threads reading their part
+of a 1 GiB array, best of 5) is probed before every repetition, and each repetition's rates
+are set against its own probe: the host's bandwidth drifts by tens of percent within minutes,
+so a single probe at the start (printed too, "start probe") can be far from what the
+repetitions met. Each fraction is the median over the repetitions. `--bandwidth-gbs` fixes the
+bandwidth instead.
 """
 
 from __future__ import annotations
@@ -76,20 +79,30 @@ def prompts(vocab: int, n: int, length: int, seed: int) -> list[list[int]]:
     return [rng.integers(10, vocab, length).tolist() for _ in range(n)]
 
 
-def measure_bandwidth(threads: int) -> float:
-    """Read bandwidth in GB/s: `threads` threads each taking the max of their part of a 1 GiB
-    array (a SIMD streaming read; NumPy releases the GIL; best of 5)."""
-    from concurrent.futures import ThreadPoolExecutor
+class BandwidthProbe:
+    """Memory read bandwidth in GB/s: `threads` threads each taking the max of their part of a
+    1 GiB array (a SIMD streaming read; NumPy releases the GIL; best of 5). The array is kept
+    (and touched once) so that every probe of a run reads the same memory; `fixed` (GB/s)
+    replaces the measurement."""
 
-    data = np.ones(1 << 28, np.float32)
-    parts = np.array_split(data, threads)
-    best = float("inf")
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in range(5):
-            start = time.perf_counter()
-            list(pool.map(np.max, parts))
-            best = min(best, time.perf_counter() - start)
-    return data.nbytes / best / 1e9
+    def __init__(self, threads: int, fixed: float | None = None):
+        self.threads, self.fixed = threads, fixed
+        self.data = None if fixed else np.ones(1 << 28, np.float32)
+
+    def __call__(self) -> float:
+        if self.data is None:
+            assert self.fixed is not None
+            return self.fixed
+        from concurrent.futures import ThreadPoolExecutor
+
+        parts = np.array_split(self.data, self.threads)
+        best = float("inf")
+        with ThreadPoolExecutor(self.threads) as pool:
+            for _ in range(5):
+                start = time.perf_counter()
+                list(pool.map(np.max, parts))
+                best = min(best, time.perf_counter() - start)
+        return self.data.nbytes / best / 1e9
 
 
 # --- gemma_server, through its HTTP API ---
@@ -376,14 +389,19 @@ class Transformers(Samples):
         del self.model
 
 
-def interleaved(systems: dict[str, Samples], reps: int) -> dict[str, dict[str, Any]]:
+def interleaved(systems: dict[str, Samples], reps: int,
+                probe: Callable[[], float]) -> dict[str, dict[str, Any]]:
     """Each repetition measures every system in turn (decode b1, 16 streams, prefill), so the
     host's memory bandwidth, which drifts by tens of percent within minutes on a shared VM,
-    weighs on all of them alike; each figure is the median over the repetitions."""
+    weighs on all of them alike; each figure is the median over the repetitions. The
+    bandwidth is probed before each repetition (`bandwidth_gbs` in every result)."""
+    bandwidths = []
     for rep in range(reps):
+        bandwidths.append(probe())
         for system in systems.values():
             system.rep(rep)
-    return {name: system.result() for name, system in systems.items()}
+    return {name: {**system.result(), "bandwidth_gbs": bandwidths}
+            for name, system in systems.items()}
 
 
 # --- report ---
@@ -396,8 +414,21 @@ def weight_gb(cfg: Any, dtype: str) -> float:
     return weight_bytes(cfg, jnp.dtype(dtype), None) / 1e9
 
 
-def report(results: dict[str, dict[str, dict[str, Any]]], cfg: Any,
-           bandwidth: float) -> list[str]:
+def roofline_fractions(r: dict[str, Any], gb: float, params: int,
+                       dtype: str) -> tuple[float, float]:
+    """Median over the repetitions of each one's b1 and b16 rates against the bandwidth probed
+    just before it (see the module docstring)."""
+    b1, b16 = [], []
+    reps = r["reps"]
+    for rate1, rate16, bandwidth in zip(reps["b1"], reps["b16"], r["bandwidth_gbs"],
+                                        strict=True):
+        b1.append(gb * rate1 / bandwidth)
+        limit = B16 / max(gb / bandwidth, 2 * params * B16 / (PEAK_GFLOPS[dtype] * 1e9))
+        b16.append(rate16 / limit)
+    return statistics.median(b1), statistics.median(b16)
+
+
+def report(results: dict[str, dict[str, dict[str, Any]]], cfg: Any) -> list[str]:
     params = cfg.num_params()
     lines = ["| dtype | system | decode b1 tok/s | vs llama.cpp | b1 roofline | 16 streams tok/s "
              "| vs llama.cpp | b16 roofline | prefill 1500 tok/s | vs best peer |",
@@ -409,17 +440,21 @@ def report(results: dict[str, dict[str, dict[str, Any]]], cfg: Any,
                             if not name.startswith("gemma_server")), default=None)
         for name, r in systems.items():
             gb = r.get("weights_gb", ours_gb)
-            b16_limit = B16 / max(gb / bandwidth, 2 * params * B16 / (PEAK_GFLOPS[dtype] * 1e9))
+            b1_fraction, b16_fraction = roofline_fractions(r, gb, params, dtype)
 
             def ratio(key: str, against: float | None, r: dict[str, Any] = r) -> str:
                 return f"{r[key] / against:.2f}x" if against else "-"
 
             lines.append(
                 f"| {dtype} | {name} | {r['b1']:.1f} | {ratio('b1', llama.get('b1'))} | "
-                f"{gb * r['b1'] / bandwidth:.0%} | {r['b16']:.1f} | "
-                f"{ratio('b16', llama.get('b16'))} | {r['b16'] / b16_limit:.0%} | "
+                f"{b1_fraction:.0%} | {r['b16']:.1f} | "
+                f"{ratio('b16', llama.get('b16'))} | {b16_fraction:.0%} | "
                 f"{r['prefill']:.0f} | "
                 f"{ratio('prefill', best_prefill) if name.startswith('gemma_server') else '-'} |")
+    for dtype, systems in results.items():
+        probes = next(iter(systems.values()))["bandwidth_gbs"]
+        lines.append(f"{dtype}: bandwidth probed before each repetition: "
+                     + ", ".join(f"{b:.1f}" for b in probes) + " GB/s")
     for dtype, systems in results.items():
         http, engine = systems.get("gemma_server"), systems.get("gemma_server engine")
         if http and engine:
@@ -457,7 +492,8 @@ def main() -> None:
     from gemma_server.tokenizer import GemmaTokenizer
 
     vocab = GemmaTokenizer(checkpoint / "tokenizer.model").vocab_size
-    bandwidth = args.bandwidth_gbs or measure_bandwidth(args.threads)
+    probe = BandwidthProbe(args.threads, args.bandwidth_gbs)
+    start_bandwidth = probe()
     systems = args.systems.split(",")
     args.gguf_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, Any]]] = {}
@@ -479,17 +515,17 @@ def main() -> None:
                 loaded["llama.cpp"] = LlamaCpp(gguf, args.threads, vocab)
             if "transformers" in systems and dtype != "int8":
                 loaded["transformers"] = Transformers(checkpoint, dtype, args.threads, vocab)
-            results[dtype] = interleaved(loaded, args.reps)
+            results[dtype] = interleaved(loaded, args.reps, probe)
         finally:
             for system in loaded.values():
                 system.close()
         print(json.dumps({dtype: results[dtype]}), flush=True)
     print(f"\n{checkpoint.name}: {cfg.num_params() / 1e6:.1f} M parameters, {args.threads} "
-          f"threads, memory read bandwidth {bandwidth:.1f} GB/s")
-    print("\n".join(report(results, cfg, bandwidth)))
+          f"threads, memory read bandwidth {start_bandwidth:.1f} GB/s (start probe)")
+    print("\n".join(report(results, cfg)))
     if args.json:
         args.json.write_text(json.dumps({"checkpoint": str(checkpoint), "threads": args.threads,
-                                         "bandwidth_gbs": bandwidth, "results": results},
+                                         "bandwidth_gbs": start_bandwidth, "results": results},
                                         indent=2) + "\n")
 
 

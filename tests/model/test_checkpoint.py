@@ -169,7 +169,7 @@ def test_weights_on_cpu_live_in_one_huge_page_arena(tmp_path, quantize, monkeypa
     monkeypatch.setattr(HugePageArena, "__init__", recording)
     moved = load_checkpoint(path, quantize=quantize, progress=False).params
     (arena,) = arenas
-    start = arena._block.ctypes.data + arena._base
+    start = arena.address
     assert start % HUGE_PAGE == 0
     leaves, expected = jax.tree_util.tree_leaves(moved), jax.tree_util.tree_leaves(plain)
     for leaf, want in zip(leaves, expected, strict=True):
