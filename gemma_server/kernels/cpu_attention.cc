@@ -97,25 +97,6 @@ TARGET INLINE __m512 round_bf16(__m512 x) {
     return _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32((int)0xFFFF0000u)));
 }
 
-/* Lane i of the result = the sum of the lanes of v[i]: 16 horizontal sums in 15 shuffle-add
- * steps instead of 16 separate reductions (the scores' dominant cost otherwise). */
-TARGET INLINE __m512 sum16(const __m512 *v) {
-    __m512 t[8], u[4], w[2];
-    /* Inputs taken transposed (v[4c + e] where 4e + c is read): the tree's last step leaves
-     * the sum of its input 4e + c in lane 4c + e, so lane i ends up with the sum of v[i]. */
-    UNROLL for (int i = 0; i < 8; i++) {
-        const __m512 a = v[4 * ((2 * i) % 4) + (2 * i) / 4], b = v[4 * ((2 * i + 1) % 4) + (2 * i + 1) / 4];
-        t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-    }
-    UNROLL for (int i = 0; i < 4; i++)
-        u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
-                             _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
-    UNROLL for (int i = 0; i < 2; i++)
-        w[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44),
-                             _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
-    return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
-}
-
 struct Shape {
     int64_t B, K, G, Hd, S, n;  /* n: entries read (the attributes' length) */
     float scale, cap;

@@ -1,7 +1,8 @@
 /*
  * The AVX-512 vocabulary the CPU kernels share: the target attributes that let one build run
  * on any x86-64 (the Python side checks the CPU before registering anything), masks for the
- * last partial vector of a row, and the widening of bfloat16 to float32 lanes.
+ * last partial vector of a row, the widening of bfloat16 to float32 lanes, and lane sums of
+ * several vectors at once.
  */
 #pragma once
 
@@ -25,9 +26,10 @@ TARGET INLINE __m512 widen_bf16(const void *p, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* The lane sums of four vectors, as the four lanes of one: a transpose-and-add tree. Summing
- * each vector on its own (`_mm512_reduce_add_ps`) costs ~10 instructions a vector, which in
- * the 4x4 block kernels was ~5% of a 16-row product. */
+/* Lane sums of several vectors at once, each as one lane of the result: transpose-and-add
+ * trees. Summing each vector on its own (`_mm512_reduce_add_ps`) costs ~10 instructions a
+ * vector: ~5% of a 16-row product in the 4x4 block kernels (sum4), and the scores' dominant
+ * cost in decode attention (sum16). */
 TARGET INLINE __m256 fold_halves(__m512 v) {
     return _mm256_add_ps(_mm512_castps512_ps256(v),
                          _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
@@ -37,4 +39,22 @@ TARGET INLINE __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
     __m256 cd = _mm256_hadd_ps(fold_halves(c), fold_halves(d));
     __m256 abcd = _mm256_hadd_ps(ab, cd); /* a b c d partial sums, low and high 128 bits */
     return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+/* Lane i of the result = the sum of the lanes of v[i]: 16 sums in 15 shuffle-add steps. */
+TARGET INLINE __m512 sum16(const __m512 *v) {
+    __m512 t[8], u[4], w[2];
+    /* Inputs taken transposed (v[4c + e] where 4e + c is read): the tree's last step leaves
+     * the sum of its input 4e + c in lane 4c + e, so lane i ends up with the sum of v[i]. */
+    UNROLL for (int i = 0; i < 8; i++) {
+        const __m512 a = v[4 * ((2 * i) % 4) + (2 * i) / 4], b = v[4 * ((2 * i + 1) % 4) + (2 * i + 1) / 4];
+        t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    }
+    UNROLL for (int i = 0; i < 4; i++)
+        u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
+    UNROLL for (int i = 0; i < 2; i++)
+        w[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
 }
