@@ -32,7 +32,8 @@ class BuildKernels(build_ext):
 
 KERNELS = Extension(
     "gemma_server.kernels._cpu_kernels",
-    sources=["gemma_server/kernels/cpu_matmul.cc", "gemma_server/kernels/cpu_attention.cc"],
+    sources=["gemma_server/kernels/cpu_matmul.cc", "gemma_server/kernels/cpu_attention.cc",
+             "gemma_server/kernels/cpu_sampling.cc"],
     depends=["gemma_server/kernels/parallel.h", "gemma_server/kernels/simd.h"],
     language="c++",
     extra_compile_args=["-std=c++17", "-O3"],

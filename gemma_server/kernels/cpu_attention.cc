@@ -59,25 +59,6 @@ TARGET INLINE __m512 load16(const void *p, int64_t i, __mmask16 m) {
     }
 }
 
-/* e^x for x <= 0 (Cephes' expf polynomial, ~1 ulp); exactly 0 below -87.3. */
-TARGET INLINE __m512 exp_nonpositive(__m512 x) {
-    const __m512 lo = _mm512_set1_ps(-87.3f);
-    __m512 xc = _mm512_max_ps(x, lo);
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    y = _mm512_scalef_ps(y, n);
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), y);
-}
-
 /* cap * tanh(s / cap), through e^(-2|y|) so nothing overflows. */
 TARGET INLINE __m512 soft_cap(__m512 s, float cap) {
     __m512 y = _mm512_div_ps(s, _mm512_set1_ps(cap));

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jax
 
-TARGETS = ("gs_matmul", "gs_matmul_scaled", "gs_decode_attention")
+TARGETS = ("gs_matmul", "gs_matmul_scaled", "gs_decode_attention", "gs_greedy_pick")
 _OFF = ("0", "false", "off", "no")
 _OFF_WHILE_TRACING = contextvars.ContextVar("gemma_server_cpu_kernels_off", default=False)
 
@@ -64,7 +64,7 @@ def describe() -> str:
     """One line for logs and `gemma-server info`: which path decode takes here."""
     if jax.default_backend() == "cpu" and load() is not None:
         return ("gemma_server CPU kernels (AVX-512): decode products with float32/bfloat16/int8 "
-                "weights and decode attention")
+                "weights, decode attention and greedy sampling")
     if jax.default_backend() != "cpu":
         return f"XLA ({jax.default_backend()})"
     reason = ("turned off by GEMMA_SERVER_CPU_KERNELS" if _switched_off() else
