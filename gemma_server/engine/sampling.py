@@ -75,26 +75,43 @@ def process_logits(logits: jax.Array, rows: SamplingRows, vocab_limit: int) -> j
 
 
 def filter_top_k(logits: jax.Array, top_k: jax.Array) -> jax.Array:
-    """Keep the k largest logits per row (ties at the k-th value are kept); 0 = off."""
-    top = jax.lax.top_k(logits, MAX_TOP_K)[0]  # [R, MAX_TOP_K], descending
-    kth = jnp.take_along_axis(top, jnp.clip(top_k - 1, 0, MAX_TOP_K - 1)[:, None], axis=1)
-    keep = (top_k[:, None] <= 0) | (logits >= kth)
-    return jnp.where(keep, logits, MASKED)
+    """Keep the k largest logits per row (ties at the k-th value are kept); 0 = off.
+
+    It only runs when some row asks for it (lax.cond): XLA:CPU's top-k over a 256000-token
+    vocabulary costs as much as a sort of it.
+    """
+
+    def apply(x: jax.Array) -> jax.Array:
+        top = jax.lax.top_k(x, MAX_TOP_K)[0]  # [R, MAX_TOP_K], descending
+        kth = jnp.take_along_axis(top, jnp.clip(top_k - 1, 0, MAX_TOP_K - 1)[:, None], axis=1)
+        keep = (top_k[:, None] <= 0) | (x >= kth)
+        return jnp.where(keep, x, MASKED)
+
+    return jax.lax.cond(jnp.any(top_k > 0), apply, lambda x: x, logits)
+
+
+def top_p_threshold(x: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Per row, the smallest logit of the nucleus: sorted descending, tokens are kept while the
+    mass before them is < top_p (the first always). [R, 1]. XLA sorts the row; on CPU a kernel
+    finds the same value without sorting (cpu_sampling.py; XLA:CPU's sort of 16 rows of
+    256000 logits takes ~1 s)."""
+    if cpu_sampling.wanted():
+        return cpu_sampling.top_p_threshold(x, top_p)[:, None]
+    sorted_desc = -jnp.sort(-x, axis=-1)
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+    kept = (before < top_p[:, None]) | (jnp.arange(x.shape[-1]) == 0)
+    return jnp.min(jnp.where(kept, sorted_desc, jnp.inf), axis=-1, keepdims=True)
 
 
 def filter_top_p(logits: jax.Array, top_p: jax.Array) -> jax.Array:
     """Keep the smallest set of most likely tokens whose probability reaches top_p; >= 1 = off.
 
-    The full sort only runs when some row asks for it (lax.cond executes one branch).
+    The threshold is only looked for when some row asks for it (lax.cond executes one branch).
     """
 
     def apply(x: jax.Array) -> jax.Array:
-        sorted_desc = -jnp.sort(-x, axis=-1)
-        probs = jax.nn.softmax(sorted_desc, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
-        kept = (before < top_p[:, None]) | (jnp.arange(x.shape[-1]) == 0)
-        threshold = jnp.min(jnp.where(kept, sorted_desc, jnp.inf), axis=-1, keepdims=True)
-        keep = (top_p[:, None] >= 1.0) | (x >= threshold)
+        keep = (top_p[:, None] >= 1.0) | (x >= top_p_threshold(x, top_p))
         return jnp.where(keep, x, MASKED)
 
     return jax.lax.cond(jnp.any(top_p < 1.0), apply, lambda x: x, logits)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import jax
 
-TARGETS = ("gs_matmul", "gs_matmul_scaled", "gs_decode_attention", "gs_greedy_pick")
+TARGETS = ("gs_matmul", "gs_matmul_scaled", "gs_decode_attention", "gs_greedy_pick",
+           "gs_top_p_threshold")
 _OFF = ("0", "false", "off", "no")
 _OFF_WHILE_TRACING = contextvars.ContextVar("gemma_server_cpu_kernels_off", default=False)
 
@@ -64,7 +65,7 @@ def describe() -> str:
     """One line for logs and `gemma-server info`: which path decode takes here."""
     if jax.default_backend() == "cpu" and load() is not None:
         return ("gemma_server CPU kernels (AVX-512): decode products with float32/bfloat16/int8 "
-                "weights, decode attention and greedy sampling")
+                "weights, decode attention, greedy sampling and top-p thresholds")
     if jax.default_backend() != "cpu":
         return f"XLA ({jax.default_backend()})"
     reason = ("turned off by GEMMA_SERVER_CPU_KERNELS" if _switched_off() else

@@ -108,3 +108,48 @@ def test_any_row_with_more_than_greedy_takes_xlas_path(change):
     for field in ("tokens", "logprob", "top_ids", "top_logprobs"):
         np.testing.assert_array_equal(np.asarray(getattr(got, field)),
                                       np.asarray(getattr(want, field)))
+
+
+def nucleus_reference(x: np.ndarray, top_p: float) -> float:
+    """float64 NumPy: sampling.py's sort-based threshold for one row."""
+    sorted_desc = -np.sort(-x.astype(np.float64))
+    probs = np.exp(sorted_desc - sorted_desc[0])
+    probs /= probs.sum()
+    before = np.cumsum(probs) - probs
+    kept = (before < top_p) | (np.arange(x.size) == 0)
+    return float(sorted_desc[kept].min())
+
+
+@pytest.mark.parametrize("vocab,scale,top_p", [
+    (32000, 1.0, 0.9), (32000, 8.0, 0.9), (1000, 3.0, 0.5), (257, 2.0, 0.99), (17, 1.0, 0.3),
+    (5000, 20.0, 0.95), (100, 1.0, 0.0),
+])
+def test_top_p_threshold_matches_the_sorted_cumulative_mass(vocab, scale, top_p):
+    """Flat and peaked rows (logits scaled up: a few tokens hold most of the mass), MASKED
+    entries (a top-k filter's), ties; a row with top_p >= 1 gets -inf (keeps everything)."""
+    rng = np.random.default_rng(vocab)
+    x = (rng.normal(0, 1, (4, vocab)) * scale).astype(np.float32)
+    x[1, rng.integers(0, vocab, vocab // 3)] = MASKED
+    x[2, : vocab // 2] = x[2, 0]  # many ties
+    top = np.array([top_p, top_p, top_p, 1.0], np.float32)
+    got = np.asarray(cpu_sampling.top_p_threshold(jnp.asarray(x), jnp.asarray(top)))
+    for r in range(3):
+        assert got[r] == nucleus_reference(x[r], float(top[r])), r
+    assert got[3] == -np.inf
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9])
+def test_top_p_filter_keeps_the_same_tokens_as_xlas_sort(top_p, monkeypatch):
+    x = jnp.asarray((np.random.default_rng(7).normal(0, 3, (16, 32000))).astype(np.float32))
+    top = jnp.full((16,), top_p, jnp.float32).at[5].set(1.0)
+    def traced() -> str:  # a new function each time: nothing cached from the other trace
+        return str(jax.make_jaxpr(lambda a, b: sampling.filter_top_p(a, b))(x, top))
+
+    assert "gs_top_p_threshold" in traced()
+    with_kernel = np.asarray(jax.jit(lambda a, b: sampling.filter_top_p(a, b))(x, top))
+    monkeypatch.setattr(cpu_sampling, "wanted", lambda: False)
+    assert "gs_top_p_threshold" not in traced()
+    with_sort = np.asarray(jax.jit(lambda a, b: sampling.filter_top_p(a, b))(x, top))
+    np.testing.assert_array_equal(with_kernel, with_sort)
+    kept = (with_kernel > MASKED).sum(axis=1)
+    assert kept[5] == 32000 and 1 <= kept.min() < 32000
