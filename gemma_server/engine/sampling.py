@@ -159,9 +159,8 @@ def sample(logits: jax.Array, rows: SamplingRows, vocab_limit: int) -> Sampled:
     if cpu_sampling.wanted():
         def kernel(logits: jax.Array) -> Sampled:
             tokens, chosen = cpu_sampling.greedy_pick(logits, vocab_limit)
-            r = logits.shape[0]
-            return Sampled(tokens, chosen, jnp.zeros((r, MAX_TOP_LOGPROBS), jnp.int32),
-                           jnp.full((r, MAX_TOP_LOGPROBS), -jnp.inf, jnp.float32))
+            top_logprobs, top_ids = _no_top_logprobs(logits.shape[0], chosen.dtype)
+            return Sampled(tokens, chosen, top_ids, top_logprobs)
 
         return jax.lax.cond(plain_greedy(rows, logits.shape[-1]), kernel,
                             lambda logits: _sample(logits, rows, vocab_limit), logits)
@@ -191,12 +190,16 @@ def _sample(logits: jax.Array, rows: SamplingRows, vocab_limit: int) -> Sampled:
         return values, ids.astype(jnp.int32)
 
     def none(logprobs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        r = logprobs.shape[0]
-        return (jnp.full((r, MAX_TOP_LOGPROBS), -jnp.inf, logprobs.dtype),
-                jnp.zeros((r, MAX_TOP_LOGPROBS), jnp.int32))
+        return _no_top_logprobs(logprobs.shape[0], logprobs.dtype)
 
     top_logprobs, top_ids = jax.lax.cond(jnp.any(rows.wants_top), top, none, logprobs)
     return Sampled(tokens, chosen, top_ids, top_logprobs)
+
+
+def _no_top_logprobs(rows: int, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
+    """The top-logprob fields of a step in which no row asked for them: -inf and id 0."""
+    return (jnp.full((rows, MAX_TOP_LOGPROBS), -jnp.inf, dtype),
+            jnp.zeros((rows, MAX_TOP_LOGPROBS), jnp.int32))
 
 
 def record(state: SamplingRows, rows: jax.Array, tokens: jax.Array,

@@ -1,6 +1,7 @@
 /*
- * Greedy token choice on x86-64 CPUs with AVX-512, called from XLA as an FFI custom call
- * (gemma_server/kernels/cpu_sampling.py registers it; engine/sampling.py uses it).
+ * Sampling work over the vocabulary on x86-64 CPUs with AVX-512: the greedy token choice, and
+ * the top-p threshold further below. XLA FFI custom calls (gemma_server/kernels/library.py
+ * registers them, cpu_sampling.py calls them, engine/sampling.py decides when).
  *
  * Why this exists: when every row of a step is greedy, with no penalty, logit bias or top
  * logprobs, sampling is the argmax of each row and the log-probability of that token. XLA:CPU
